@@ -1,0 +1,69 @@
+"""The `codediff` command: the one place that wires corpus, training, generation, judging and reports.
+
+Each sub-command lives in a light module exposing `add_arguments(parser)` and `run(args) -> int`.
+Only the chosen sub-command's module is imported, so `codediff evaluate` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from codediff import __version__
+from codediff.errors import UserError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "corpus": ("codediff.corpus.cli", "build a capped, deduplicated, decontaminated Python corpus"),
+    "train": ("codediff.train_cli", "train an `ar` or `mdm` coder on a corpus for a token budget"),
+    "generate": ("codediff.generate_cli", "sample completions for a task from a checkpoint"),
+    "evaluate": ("harness.evaluate", "judge samples by running their tests in a sandbox"),
+    "tasks": ("harness.tasks_cli", "list the benchmark tasks and where their data comes from"),
+    "report": ("reports.cli", "render HTML reports and leaderboards from result dirs"),
+}
+
+
+def _usage() -> str:
+    lines = [f"codediff {__version__}", "", "usage: codediff <command> [options]", "", "commands:"]
+    for name, (_, help_) in COMMANDS.items():
+        lines.append(f"  {name:<10} {help_}")
+    lines.append("\n`codediff <command> --help` shows a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"codediff {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"codediff: error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module_name, help_ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        print(f"codediff: error: `{name}` is not available ({e}); reinstall with `make install`",
+              file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"codediff {name}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"codediff: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("codediff: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
