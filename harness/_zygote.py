@@ -129,12 +129,11 @@ def _classify(exc):
     return "error", detail
 
 
-def _compile(program, extra=""):
+def _compile(program):
     try:
-        compile(program, "<sample>", "exec")
+        return compile(program, "<sample>", "exec"), None
     except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes in source
         return None, ("syntax_error", f"{type(e).__name__}: {e}"[:300])
-    return compile(program + "\n" + extra, "<sample>", "exec"), None
 
 
 def _fresh_globals():
@@ -212,7 +211,7 @@ def _run_inputs(fn, inputs, expected, limits, atol, oracle, helpers):
 
 
 def _child_run(msg, task, emit):
-    code, bad = _compile(msg["program"], "" if task["mode"] == "differential" else task["test"])
+    code, bad = _compile(msg["program"])
     if bad:
         emit({"status": bad[0], "detail": bad[1], "final": True})
         return
@@ -220,6 +219,7 @@ def _child_run(msg, task, emit):
     if task["mode"] == "asserts":
         try:
             exec(code, g)
+            exec(task["test_code"], g)  # compiled once per task, before the fork
         except BaseException as e:  # noqa: BLE001 - every failure of the sample is a verdict
             status, detail = _classify(e)
             emit({"status": status, "detail": detail, "final": True})
@@ -323,13 +323,29 @@ def _cleanup(pid, scratch):
 
 
 def _wait_status(pid, deadline):
-    while True:
-        got, status = os.waitpid(pid, os.WNOHANG)
-        if got:
-            return status
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.001)
+    """The child's wait status, or None if it has not exited by `deadline`."""
+    got, status = os.waitpid(pid, os.WNOHANG)
+    if got:
+        return status
+    try:
+        pidfd = os.pidfd_open(pid)  # readable once the process exits: no polling
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if pidfd is not None:
+                select.select([pidfd], [], [], left)
+            else:
+                time.sleep(0.0005)
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                return status
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def run_one(msg, counter):
@@ -347,6 +363,7 @@ def run_one(msg, counter):
     os.close(wfd)
     deadline = t0 + msg["timeout"]
     buf, timed_out = b"", False
+    cap = (4 << 30) if msg["op"] == "oracle" else (64 << 20)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -355,11 +372,14 @@ def run_one(msg, counter):
         ready, _, _ = select.select([rfd], [], [], left)
         if not ready:
             continue
-        chunk = os.read(rfd, 1 << 16)
+        chunk = os.read(rfd, 1 << 20)
         if not chunk:
             break
         buf += chunk
-        if len(buf) > (64 << 20):
+        # The verdict is in once the final event arrives, even if a stray grandchild still
+        # holds the pipe open; a sample that floods the pipe is cut off.
+        tail = buf[-(len(chunk) + 64):]
+        if (b'"final": true' in tail and nonce.encode() in buf) or len(buf) > cap:
             break
     os.close(rfd)
     status_word = None if timed_out else _wait_status(pid, time.monotonic() + 1.0)
@@ -434,7 +454,10 @@ def main():
             return
         msg = pickle.loads(_read_exact(struct.unpack(">I", head)[0]))
         if msg["op"] == "task":
-            TASKS[msg["key"]] = msg["task"]
+            task = msg["task"]
+            if task["mode"] == "asserts":
+                task["test_code"] = compile("\n" + task["test"], "<tests>", "exec")
+            TASKS[msg["key"]] = task
             continue
         counter += 1
         _send(run_one(msg, counter))

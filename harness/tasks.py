@@ -239,9 +239,11 @@ def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None) -> Path | None
             return Path(str(importlib.resources.files(pkg).joinpath(rel)))
         except ModuleNotFoundError as e:
             raise UserError(f"task {spec.name} needs the package {pkg!r}: `make install`") from e
-    if spec.loader == "mbpp" and spec.hub:
-        return None  # hub fallback
-    if spec.loader == "evalplus":
+    # Hub / evalplus downloads only when no data folder was named at all: a named folder that
+    # lacks the file is a mistake to report, not a reason to reach for the network.
+    if root is None and spec.loader == "mbpp" and spec.hub:
+        return None
+    if root is None and spec.loader == "evalplus":
         try:
             importlib.import_module("evalplus")
             return None  # evalplus's own loader (downloads)
