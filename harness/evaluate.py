@@ -77,14 +77,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_from_meta(samples_path: str) -> str | None:
+def samples_meta(samples_path: str | os.PathLike | None) -> dict:
+    """The generation sidecar (`samples.meta.json`) beside a samples file, or {}."""
+    if samples_path is None:
+        return {}
     meta = Path(samples_path).with_suffix(".meta.json")
     if not meta.is_file():
-        return None
+        return {}
     try:
-        return json.loads(meta.read_text()).get("prompt_format")
+        out = json.loads(meta.read_text())
     except (ValueError, OSError):
-        return None
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _format_from_meta(samples_path: str) -> str | None:
+    return samples_meta(samples_path).get("prompt_format")
 
 
 def build_program(task: Task, s: Sample, fmt: str, do_sanitize: bool) -> tuple[str, list[str]]:
@@ -148,6 +156,7 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
         harness={"version": HARNESS_VERSION, "sandbox": "none" if unsafe else "bubblewrap",
                  "workers": judge.workers, "sanitize": do_sanitize,
                  "timeout": judge.timeout, "limits": vars(judge.limits)},
+        generation=samples_meta(samples_path),
         dataset_notes=judge.notes,
         wall_seconds=round(time.time() - t0, 3),
     )

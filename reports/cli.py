@@ -1,0 +1,50 @@
+"""`codediff report`: HTML comparison reports and leaderboards from result and run folders.
+
+    codediff report --results res/ar res/mdm --runs runs/ar runs/mdm --out report.html
+    codediff report --leaderboard --results res/* --out leaderboard.html
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from codediff.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", nargs="*", default=[], help="results dirs (codediff "
+                        "evaluate); LABEL=DIR sets the column name")
+    parser.add_argument("--runs", nargs="*", default=[], help="run dirs (codediff train) for "
+                        "training curves; LABEL=DIR sets the legend")
+    parser.add_argument("--out", required=True, help="HTML file to write")
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--leaderboard", action="store_true",
+                        help="a leaderboard per task instead of a comparison report")
+
+
+def _split(spec: str) -> tuple[str | None, str]:
+    if "=" in spec and not Path(spec).exists():
+        label, path = spec.split("=", 1)
+        return label, path
+    return None, spec
+
+
+def run(args: argparse.Namespace) -> int:
+    from reports.load import load_result, load_run
+    from reports.render import render_leaderboard, render_report, write_atomic
+
+    if not args.results and not args.runs:
+        raise UserError("nothing to report: pass --results DIR... and/or --runs DIR...")
+    if args.leaderboard and not args.results:
+        raise UserError("--leaderboard needs --results DIR...")
+    results = [load_result(p, label) for label, p in map(_split, args.results)]
+    runs = [load_run(p, label) for label, p in map(_split, args.runs)]
+    out = Path(args.out)
+    if args.leaderboard:
+        html = render_leaderboard(results, args.title or "codediff leaderboard")
+    else:
+        html = render_report(results, runs, args.title or "codediff report")
+    write_atomic(out, html)
+    print(f"wrote {out} ({len(results)} results, {len(runs)} runs)")
+    return 0

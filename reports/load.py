@@ -1,0 +1,98 @@
+"""Read the files reports are made from: results dirs (`codediff evaluate`) and run dirs
+(`codediff train`). Nothing here imports torch or the harness: reports read files only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from codediff.errors import UserError
+
+RESULTS_MAJOR = "codediff.results/1"
+
+
+@dataclass
+class Result:
+    path: Path
+    data: dict
+    label: str
+
+    @property
+    def task(self) -> str:
+        return self.data["task"]
+
+    @property
+    def model(self) -> dict:
+        return (self.data.get("generation") or {}).get("model") or {}
+
+    @property
+    def sampler(self) -> dict:
+        return (self.data.get("generation") or {}).get("sampler") or {}
+
+    @property
+    def totals(self) -> dict:
+        return (self.data.get("generation") or {}).get("totals") or {}
+
+
+@dataclass
+class Run:
+    path: Path
+    label: str
+    objective: str
+    metrics: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+
+def load_result(path: str | Path, label: str | None = None) -> Result:
+    p = Path(path)
+    f = p / "results.json" if p.is_dir() else p
+    if not f.is_file():
+        raise UserError(f"{path}: no results.json; pass a folder written by `codediff evaluate`")
+    try:
+        data = json.loads(f.read_text())
+    except ValueError as e:
+        raise UserError(f"{f}: not valid JSON ({e}); rerun `codediff evaluate`") from e
+    if data.get("schema") != RESULTS_MAJOR:
+        raise UserError(f"{f}: schema {data.get('schema')!r} is not {RESULTS_MAJOR}; "
+                        "regenerate it with this codediff version")
+    return Result(f.parent, data, label or _default_label(f.parent, data))
+
+
+def _default_label(folder: Path, data: dict) -> str:
+    model = (data.get("generation") or {}).get("model") or {}
+    name = Path(str(model.get("path", ""))).name if model.get("path") else folder.name
+    obj = model.get("objective") or model.get("kind") or ""
+    return f"{name} ({obj})" if obj else name
+
+
+def load_run(path: str | Path, label: str | None = None) -> Run:
+    p = Path(path)
+    metrics_file = p / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise UserError(f"{path}: no metrics.jsonl; pass a run folder written by `codediff train`")
+    metrics = []
+    for i, line in enumerate(metrics_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            metrics.append(json.loads(line))
+        except ValueError:
+            if i == len(metrics_file.read_text().splitlines()):
+                break  # a last line cut by a kill
+            raise UserError(f"{metrics_file}:{i}: malformed JSON") from None
+    config: dict = {}
+    if (p / "run.json").is_file():
+        try:
+            config = json.loads((p / "run.json").read_text())
+        except ValueError:
+            config = {}
+    objective = str(config.get("objective") or _objective_from_metrics(metrics) or "?")
+    return Run(p, label or f"{p.name} ({objective})", objective, metrics, config)
+
+
+def _objective_from_metrics(metrics: list[dict]) -> str | None:
+    for m in metrics:
+        if "objective" in m:
+            return m["objective"]
+    return None
