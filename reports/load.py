@@ -61,7 +61,11 @@ def load_result(path: str | Path, label: str | None = None) -> Result:
 
 def _default_label(folder: Path, data: dict) -> str:
     model = (data.get("generation") or {}).get("model") or {}
-    name = Path(str(model.get("path", ""))).name if model.get("path") else folder.name
+    name = folder.name
+    if model.get("path"):
+        mp = Path(str(model["path"]))
+        # runs/<run>/checkpoints/tokens-N -> <run>@tokens-N: the run says which model it is
+        name = f"{mp.parent.parent.name}@{mp.name}" if mp.parent.name == "checkpoints"             else mp.name
     obj = model.get("objective") or model.get("kind") or ""
     return f"{name} ({obj})" if obj else name
 

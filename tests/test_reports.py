@@ -62,7 +62,7 @@ def test_comparison_report(two_results, tmp_path, capsys):
     assert html.startswith("<!doctype html>") and "<title>crossover</title>" in html
     r = json.loads((two_results[0] / "results.json").read_text())
     assert f"{100 * r['pass_at_k']['base']['pass@1']:.1f}" in html
-    assert "tokens-1000 (mdm)" in html and "threshold" in html
+    assert "strong@tokens-1000 (mdm)" in html and "threshold" in html
     assert html.count("<svg") == 2 and "stroke-dasharray" in html  # AR curve dashed
     assert "MDM &lt;b&gt;" in html and "MDM <b>" not in html  # labels are escaped
     assert "3.2000" in html  # best validation loss of the MDM run
