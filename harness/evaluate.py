@@ -121,19 +121,25 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
     done = _open_store(out, identity)
     judge.prepare(progress=progress)
     by_key = {f"{s.task_id}#{s.completion_id}": s for s in samples}
-    jobs, programs = [], {}
-    for key, s in by_key.items():
-        if key in done:
-            continue
-        program, notes = build_program(task, s, fmt, do_sanitize)
-        programs[key] = (program, notes)
-        jobs.append(Job(key, s.task_id, program))
+    todo = [key for key in by_key if key not in done]
+    programs: dict[str, tuple[str, list[str]]] = {}
+    made: dict[tuple[str, str], tuple[str, list[str]]] = {}  # identical samples: sanitise once
+
+    def jobs():
+        for key in todo:
+            s = by_key[key]
+            ident = (s.task_id, s.raw if s.solution is None else "\0" + s.raw)
+            if ident not in made:
+                made[ident] = build_program(task, s, fmt, do_sanitize)
+            programs[key] = made[ident]
+            yield Job(key, s.task_id, programs[key][0])
+
     from tqdm import tqdm
 
-    bar = tqdm(total=len(by_key), initial=len(by_key) - len(jobs), desc=f"judging {task.name}",
+    bar = tqdm(total=len(by_key), initial=len(by_key) - len(todo), desc=f"judging {task.name}",
                unit="sample", disable=not progress)
     with open(out / "executions.jsonl", "a", encoding="utf-8") as log:
-        for job, verdict in judge.run(jobs):
+        for job, verdict in judge.run(jobs()):
             s = by_key[job.key]
             program, notes = programs[job.key]
             row = {"task_id": s.task_id, "completion_id": s.completion_id,

@@ -144,23 +144,38 @@ class Judge:
         """Yield (job, verdict) as they finish. All sandboxes are closed when this returns."""
         if not self.payloads:
             self.prepare()
-        todo: queue.Queue = queue.Queue()
+        # A feeder thread hands jobs over as they are made (sanitising overlaps execution).
+        todo: queue.Queue = queue.Queue(maxsize=4 * self.workers)
         done: queue.Queue = queue.Queue()
-        jobs = list(jobs)
-        for j in jobs:
-            if j.task_id not in self.payloads:
-                raise UserError(f"no tests for {j.task_id} in task {self.task.name}")
-            todo.put(j)
-        n_workers = min(self.workers, max(1, len(jobs)))
+        n_workers = self.workers
         stop = threading.Event()
+        feed_error: list[BaseException] = []
+
+        def feed() -> None:
+            try:
+                for j in jobs:
+                    if j.task_id not in self.payloads:
+                        raise UserError(f"no tests for {j.task_id} in task {self.task.name}")
+                    while not stop.is_set():
+                        try:
+                            todo.put(j, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                feed_error.append(e)
+            finally:
+                for _ in range(n_workers):
+                    todo.put(None)
 
         def work(slot: int) -> None:
             sb = Sandbox(slot, limits=self.limits, unsafe=self.unsafe)
             try:
                 while not stop.is_set():
-                    try:
-                        job = todo.get_nowait()
-                    except queue.Empty:
+                    job = todo.get()
+                    if job is None:
                         return
                     try:
                         verdict = sb.request(
@@ -177,6 +192,8 @@ class Judge:
                 done.put(None)
 
         threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n_workers)]
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
         for t in threads:
             t.start()
         finished = 0
@@ -189,8 +206,16 @@ class Judge:
                 yield item
         finally:
             stop.set()
+            while True:  # unblock a feeder waiting on a full queue
+                try:
+                    todo.get_nowait()
+                except queue.Empty:
+                    break
+            feeder.join()
             for t in threads:
                 t.join()
+        if feed_error:
+            raise feed_error[0]
 
 
 def _bar(total: int, desc: str, enabled: bool):
