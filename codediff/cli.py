@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("codediff.generate_cli", "sample completions for a task from a checkpoint"),
     "evaluate": ("harness.evaluate", "judge samples by running their tests in a sandbox"),
     "tasks": ("harness.tasks_cli", "list the benchmark tasks and where their data comes from"),
+    "codechoice": ("harness.codechoice_cli", "build the 4-way code-choice set (reference vs "
+                   "failing mutants)"),
     "report": ("reports.cli", "render HTML reports and leaderboards from result dirs"),
 }
 
