@@ -173,10 +173,14 @@ def get_spec(name: str) -> TaskSpec:
 
 # ----------------------------------------------------------------------------- loading
 
-def load_task(name: str, data: str | os.PathLike | None = None) -> Task:
-    """Load task `name`; `data` is a data file, or a folder laid out like ../shared/data."""
+def load_task(name: str, data: str | os.PathLike | None = None, *,
+              allow_download: bool = True) -> Task:
+    """Load task `name`; `data` is a data file, or a folder laid out like ../shared/data.
+
+    With no data named anywhere, MBPP comes from the HF hub and the `+` tasks from evalplus's
+    downloader, unless `allow_download` is False (then it is a UserError)."""
     spec = get_spec(name)
-    path = _resolve_file(spec, data)
+    path = _resolve_file(spec, data, allow_download)
     if spec.loader == "humaneval":
         problems = [_humaneval_problem(r) for r in _read_jsonl(path)]
         return Task(spec, problems, _dataset_id(spec, path))
@@ -218,7 +222,8 @@ def _data_root(data: str | os.PathLike | None) -> Path | None:
     return Path(env) if env else None
 
 
-def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None) -> Path | None:
+def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None,
+                  allow_download: bool = True) -> Path | None:
     root = _data_root(data)
     if root is not None and root.is_file():
         return root
@@ -241,9 +246,9 @@ def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None) -> Path | None
             raise UserError(f"task {spec.name} needs the package {pkg!r}: `make install`") from e
     # Hub / evalplus downloads only when no data folder was named at all: a named folder that
     # lacks the file is a mistake to report, not a reason to reach for the network.
-    if root is None and spec.loader == "mbpp" and spec.hub:
+    if allow_download and root is None and spec.loader == "mbpp" and spec.hub:
         return None
-    if root is None and spec.loader == "evalplus":
+    if allow_download and root is None and spec.loader == "evalplus":
         try:
             importlib.import_module("evalplus")
             return None  # evalplus's own loader (downloads)
@@ -368,11 +373,12 @@ def contamination_texts(data_dir: str | os.PathLike | None = None
     """(task, task_id, text) for every prompt, reference solution and test codediff can judge.
 
     Covers HumanEval (shipped), all 974 MBPP rows (every split), and the `+` tasks whose files
-    are present. Tasks whose data is not available offline are skipped silently.
+    are present. Tasks whose data is not available offline are skipped (nothing is downloaded).
     """
     for name in available_tasks():
         try:
-            task = load_task(name, data_dir) if name != "mbpp" else _mbpp_all_rows(data_dir)
+            task = load_task(name, data_dir, allow_download=False) if name != "mbpp" \
+                else _mbpp_all_rows(data_dir)
         except UserError:
             continue
         for p in task.problems:
@@ -383,7 +389,6 @@ def contamination_texts(data_dir: str | os.PathLike | None = None
 
 def _mbpp_all_rows(data_dir) -> Task:
     spec = get_spec("mbpp")
-    path = _resolve_file(spec, data_dir)
-    rows = _read_jsonl(path) if path else _mbpp_from_hub(spec)
-    return Task(spec, [_mbpp_problem(r) for r in rows], _dataset_id(spec, path) if path else
-                DatasetId("mbpp", "hub", _sha_rows(rows), spec.hub))
+    path = _resolve_file(spec, data_dir, allow_download=False)
+    rows = _read_jsonl(path)
+    return Task(spec, [_mbpp_problem(r) for r in rows], _dataset_id(spec, path))
