@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("codediff.corpus.cli", "build a capped, deduplicated, decontaminated Python corpus"),
     "train": ("codediff.train_cli", "train an `ar` or `mdm` coder on a corpus for a token budget"),
     "generate": ("codediff.generate_cli", "sample completions for a task from a checkpoint"),
+    "score": ("codediff.codechoice_score", "rank code-choice options by a checkpoint's "
+              "likelihood"),
     "evaluate": ("harness.evaluate", "judge samples by running their tests in a sandbox"),
     "tasks": ("harness.tasks_cli", "list the benchmark tasks and where their data comes from"),
     "codechoice": ("harness.codechoice_cli", "build the 4-way code-choice set (reference vs "

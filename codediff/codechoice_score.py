@@ -1,0 +1,116 @@
+"""Score a checkpoint on the code-choice set: rank four continuations by likelihood.
+
+AR models use the exact log-likelihood; MDM models a coupled ELBO (all options of a question
+share t and the mask draws, see codediff/likelihood.py) or the pseudo-log-likelihood. Accuracy is
+reported with its binomial standard error; chance is 25%.
+
+    codediff score --model runs/x/checkpoints/tokens-N --choices choices.jsonl --out score.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from codediff.errors import UserError
+
+SCHEMA = "codediff.choice-score/1"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="codediff checkpoint folder")
+    parser.add_argument("--choices", required=True, help="JSONL from `codediff codechoice`")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--method", default="auto", choices=("auto", "exact", "elbo", "pll"),
+                        help="auto: exact for ar, elbo for mdm")
+    parser.add_argument("--samples", type=int, default=64, help="Monte Carlo samples (elbo)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
+def read_choices(path: str | os.PathLike) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--choices {path}: no such file; build it with `codediff codechoice`")
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{path}:{i}: malformed JSON") from e
+        if r.get("schema") != "codediff.codechoice/1" or len(r.get("options", [])) < 2:
+            raise UserError(f"{path}:{i}: not a codediff.codechoice/1 row; rebuild the file")
+        rows.append(r)
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+def score_choices(model, tokenizer, meta: dict, rows: list[dict], *, method: str = "auto",
+                  samples: int = 64, seed: int = 0, batch_size: int = 64,
+                  progress: bool = False) -> dict:
+    from tqdm import tqdm
+
+    from codediff.likelihood import rank, score
+
+    objective = meta["objective"]
+    correct, correct_norm, per_task = 0, 0, {}
+    t0 = time.time()
+    used = method
+    for i, r in enumerate(tqdm(rows, desc="code choice", disable=not progress)):
+        ctx = tokenizer.encode(r["context"]).ids
+        opts = [tokenizer.encode(o).ids for o in r["options"]]
+        scores = score(model, ctx, opts, objective=objective, method=method,
+                       mask_id=meta.get("mask_id"), samples=samples, seed=seed + i,
+                       pad_id=meta.get("pad_id", 0), batch_size=batch_size)
+        used = scores[0].method
+        ok = rank(scores) == r["answer"]
+        ok_norm = rank(scores, normalize=True) == r["answer"]
+        correct += ok
+        correct_norm += ok_norm
+        t = per_task.setdefault(r["task"], {"n": 0, "correct": 0})
+        t["n"] += 1
+        t["correct"] += ok
+    n = len(rows)
+    acc = correct / n
+    return {"schema": SCHEMA, "n": n, "accuracy": acc,
+            "stderr": math.sqrt(acc * (1 - acc) / n), "accuracy_per_token": correct_norm / n,
+            "chance": 1 / len(rows[0]["options"]), "method": used,
+            "samples": samples if used == "elbo" else 1, "per_task": per_task,
+            "objective": objective, "tokens": meta.get("tokens"), "epochs": meta.get("epochs"),
+            "seconds": round(time.time() - t0, 2)}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from codediff.checkpoints import load_checkpoint
+
+    rows = read_choices(args.choices)[: args.limit]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok, meta = load_checkpoint(args.model, device=device)
+    if args.method in ("elbo", "pll") and meta["objective"] != "mdm":
+        raise UserError(f"--method {args.method} needs an mdm checkpoint; use exact or auto")
+    if args.method == "exact" and meta["objective"] != "ar":
+        raise UserError("--method exact needs an ar checkpoint; use elbo, pll or auto")
+    res = score_choices(model, tok, meta, rows, method=args.method, samples=args.samples,
+                        seed=args.seed, batch_size=args.batch_size,
+                        progress=sys.stderr.isatty())
+    res.update(model=str(args.model), choices=str(args.choices))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"{args.model}: {100 * res['accuracy']:.1f}% ± {100 * res['stderr']:.1f} "
+          f"({res['method']}, n={res['n']}, chance {100 * res['chance']:.0f}%)")
+    return 0
