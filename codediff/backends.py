@@ -1,0 +1,537 @@
+"""Model backends for generation: one small interface over our checkpoints and external models.
+
+A backend gives the samplers what they need and nothing else:
+
+- `tokenizer`: `encode(text) -> ids` and `decode(ids) -> text`;
+- `forward(idx, attention_mask=, position_ids=, start_pos=, cache=, update_cache=)` -> logits
+  [B, S, V] where logits[:, i] predicts token i for a DLM (the Dream shift is undone here) and
+  token i + 1 for an AR model;
+- `new_cache(batch, capacity)` when the backend supports KV caching (`supports_cache`);
+- the special ids (`eos_ids`, `pad_id`, `mask_id`) and a FLOPs model for cost estimates.
+
+Backends:
+  native   a codediff checkpoint (`codediff train` output), `ar` or `mdm`
+  hf       a Hugging Face folder: AutoModelForCausalLM (AR), or a DLM in the LLaDA convention
+           (mask id from the config, logits aligned with positions, `trust_remote_code`) or the
+           Dream convention (shifted logits: position i predicts token i + 1)
+  vllm     AR through vLLM when it is installed (optional; it samples by itself)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from codediff.errors import UserError
+
+CONVENTIONS = ("auto", "llada", "dream")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+
+
+# ----------------------------------------------------------------------------- cost model
+
+@dataclass(frozen=True)
+class FlopsModel:
+    """Forward-pass FLOPs: 2 x (matmul params) per token plus the attention score/value products.
+
+    `body_params` excludes the token embedding (a lookup) and the output head, which is counted
+    as `d_model * vocab` so tied and untied heads cost the same.
+    """
+
+    body_params: int
+    n_layer: int
+    d_model: int
+    vocab_size: int
+
+    def forward(self, n_query: int, n_key: int) -> float:
+        """FLOPs of one forward for one sequence: n_query fresh tokens attending n_key keys."""
+        matmul = 2.0 * n_query * (self.body_params + self.d_model * self.vocab_size)
+        attention = 4.0 * self.n_layer * self.d_model * n_query * n_key
+        return matmul + attention
+
+    @classmethod
+    def of(cls, model: nn.Module, n_layer: int, d_model: int, vocab_size: int) -> FlopsModel:
+        total = sum(p.numel() for p in model.parameters())
+        skip = 0
+        seen: set[int] = set()
+        for m in model.modules():
+            is_emb = isinstance(m, nn.Embedding)
+            is_head = isinstance(m, nn.Linear) and m.out_features == vocab_size
+            if (is_emb or is_head) and id(m.weight) not in seen:
+                seen.add(id(m.weight))
+                skip += m.weight.numel()
+        return cls(body_params=max(total - skip, 0), n_layer=n_layer, d_model=d_model,
+                   vocab_size=vocab_size)
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+class NativeTokenizer:
+    """A `tokenizers.Tokenizer` (our corpus tokenizer): no BOS, special tokens dropped on decode."""
+
+    def __init__(self, tok: Any):
+        self.tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+
+class HFTokenizer:
+    """A transformers tokenizer; adds the model's BOS (if it has one) like its own generate."""
+
+    def __init__(self, tok: Any, add_special_tokens: bool = True):
+        self.tok = tok
+        self.add_special_tokens = add_special_tokens
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=self.add_special_tokens))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def vocab_size(self) -> int:
+        return len(self.tok)
+
+
+# ----------------------------------------------------------------------------- backends
+
+class Backend:
+    """Common fields; subclasses implement `forward` (and `new_cache` when cached)."""
+
+    name = "base"
+    kind = "ar"              # "ar" | "dlm"
+    convention = "native"    # "native" | "llada" | "dream" | "causal"
+    supports_cache = False
+    samples_itself = False   # True for vLLM: it runs its own sampling loop
+
+    def __init__(self, *, tokenizer: Any, eos_ids: list[int], pad_id: int, mask_id: int | None,
+                 device: torch.device, flops: FlopsModel | None, max_seq_len: int | None,
+                 path: str, dtype: torch.dtype | None):
+        self.tokenizer = tokenizer
+        self.eos_ids = sorted({int(i) for i in eos_ids})
+        self.pad_id = int(pad_id)
+        self.mask_id = None if mask_id is None else int(mask_id)
+        self.device = device
+        self.flops = flops
+        self.max_seq_len = max_seq_len
+        self.path = path
+        self.dtype = dtype
+
+    def forward(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, start_pos: int = 0,
+                cache: Any = None, update_cache: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def new_cache(self, batch: int, capacity: int) -> Any:
+        raise UserError(f"the {self.name} backend has no KV cache; use --cache none")
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": self.path, "backend": self.name, "kind": self.kind,
+                "convention": self.convention, "mask_id": self.mask_id, "eos_ids": self.eos_ids,
+                "pad_id": self.pad_id, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device),
+                "params": None if self.flops is None else self.flops.body_params}
+
+
+class NativeBackend(Backend):
+    """A codediff checkpoint; `mdm` checkpoints are DLMs in the LLaDA convention (no shift)."""
+
+    name = "native"
+    supports_cache = True
+
+    def __init__(self, model: nn.Module, meta: dict, **kw: Any):
+        super().__init__(**kw)
+        self.model = model
+        self.meta = meta
+        self.kind = "dlm" if meta.get("objective") == "mdm" else "ar"
+        self.convention = "native"
+
+    @torch.no_grad()
+    def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
+                update_cache=False):
+        weights = next(self.model.parameters()).dtype
+        with _autocast(self.device, self.dtype if weights == torch.float32 else None):
+            out = self.model(idx, attention_mask=attention_mask, position_ids=position_ids,
+                             start_pos=start_pos, cache=cache, update_cache=update_cache)
+        return _upcast(out)
+
+    def new_cache(self, batch: int, capacity: int) -> Any:
+        from codediff.model import KVCache
+
+        dtype = next(self.model.parameters()).dtype
+        return KVCache.empty(self.model, batch, capacity, device=self.device, dtype=dtype)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["objective"] = self.meta.get("objective")
+        for key in ("tokens", "epochs", "unique_tokens"):
+            if key in self.meta:
+                d[key] = self.meta[key]
+        return d
+
+
+class HFCausalBackend(Backend):
+    """Any `AutoModelForCausalLM`; KV cache through transformers' DynamicCache."""
+
+    name = "hf"
+    kind = "ar"
+    convention = "causal"
+    supports_cache = True
+
+    def __init__(self, model: nn.Module, **kw: Any):
+        super().__init__(**kw)
+        self.model = model
+
+    @torch.no_grad()
+    def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
+                update_cache=False):
+        if cache is not None and not update_cache:
+            raise ValueError("the hf backend only appends to its cache (AR decoding)")
+        mask = None if attention_mask is None else attention_mask.to(torch.long)
+        out = self.model(input_ids=idx, attention_mask=mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=cache is not None)
+        return _upcast(out.logits)
+
+    def new_cache(self, batch: int, capacity: int) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+
+class HFDiffusionBackend(Backend):
+    """An external DLM: LLaDA convention (logits aligned) or Dream (position i predicts i + 1).
+
+    No KV cache: released LLaDA/Dream checkpoints do not expose a cache usable for diffusion
+    steps; prefix/dual caching needs our native model (or the export of it).
+    """
+
+    name = "hf"
+    kind = "dlm"
+
+    def __init__(self, model: nn.Module, convention: str, **kw: Any):
+        super().__init__(**kw)
+        self.model = model
+        self.convention = convention
+        params = inspect.signature(model.forward).parameters
+        # LLaDA's remote code has no position_ids (it numbers positions 0..L-1); Dream does
+        self._takes_positions = "position_ids" in params
+
+    @torch.no_grad()
+    def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
+                update_cache=False):
+        if cache is not None:
+            raise UserError("external DLMs run without a KV cache; use --cache none")
+        kwargs: dict[str, Any] = {}
+        if attention_mask is not None and not bool(attention_mask.all()):
+            if self.convention == "dream":
+                # Dream passes its mask straight to SDPA: a [B, 1, N, N] bool pairwise mask
+                kwargs["attention_mask"] = (attention_mask[:, None, :, None]
+                                            & attention_mask[:, None, None, :])
+            else:
+                kwargs["attention_mask"] = attention_mask.to(torch.long)
+            if position_ids is not None and self._takes_positions:
+                kwargs["position_ids"] = position_ids
+        with _autocast(self.device, self.dtype):
+            out = self.model(idx, **kwargs)
+        logits = _upcast(out.logits if hasattr(out, "logits") else out[0])
+        if self.convention == "dream":
+            # position i's logits predict token i + 1: move them to i + 1 (position 0 is prompt)
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+
+class ShiftedView(Backend):
+    """Any backend read through the Dream convention (logits moved one position right).
+
+    Used to serve an AR model as a (left-to-right) DLM and in tests of the Dream shift.
+    """
+
+    name = "shifted"
+    kind = "dlm"
+    convention = "dream"
+
+    def __init__(self, inner: Backend, mask_id: int):
+        super().__init__(tokenizer=inner.tokenizer, eos_ids=inner.eos_ids, pad_id=inner.pad_id,
+                         mask_id=mask_id, device=inner.device, flops=inner.flops,
+                         max_seq_len=inner.max_seq_len, path=inner.path, dtype=inner.dtype)
+        self.inner = inner
+
+    def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
+                update_cache=False):
+        if cache is not None:
+            raise UserError("the Dream convention runs without a KV cache; use --cache none")
+        logits = self.inner.forward(idx, attention_mask=attention_mask, position_ids=position_ids)
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+class VLLMBackend(Backend):
+    """AR generation through vLLM (optional extra). vLLM runs its own batched sampling loop."""
+
+    name = "vllm"
+    kind = "ar"
+    convention = "causal"
+    samples_itself = True
+
+    def __init__(self, llm: Any, **kw: Any):
+        super().__init__(**kw)
+        self.llm = llm
+
+    def generate_texts(self, prompts: list[str], *, n: int, temperature: float, top_p: float,
+                       top_k: int, max_new_tokens: int, stop: list[str], seed: int
+                       ) -> list[list[dict[str, Any]]]:
+        """For each prompt, n samples {"text", "tokens", "finish_reason"} (stops already cut)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p,
+                                top_k=top_k if top_k > 0 else -1, max_tokens=max_new_tokens,
+                                stop=list(stop) or None, seed=seed)
+        outs = self.llm.generate(prompts, params)
+        return [[{"text": c.text, "tokens": len(c.token_ids),
+                  "finish_reason": "stop" if c.finish_reason == "stop" else "length"}
+                 for c in o.outputs] for o in outs]
+
+
+# ----------------------------------------------------------------------------- loading
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run dir -> its newest checkpoint; a checkpoint or HF folder -> itself."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"--model {path}: no such folder; pass a run dir, a checkpoint folder or "
+                        "a Hugging Face model folder")
+    if p.is_dir() and (p / "checkpoints").is_dir() and not (p / "config.json").exists():
+        ckpts = [c for c in (p / "checkpoints").iterdir() if (c / "config.json").exists()]
+        if not ckpts:
+            raise UserError(f"--model {path}: run dir has no checkpoints yet; train first or "
+                            "pass a checkpoint folder")
+
+        def tokens(c: Path) -> int:
+            m = re.search(r"(\d+)$", c.name)
+            return int(m.group(1)) if m else -1
+
+        return max(ckpts, key=tokens)
+    if not (p / "config.json").exists():
+        raise UserError(f"--model {path}: no config.json; pass a run dir, a checkpoint folder "
+                        "or a Hugging Face model folder")
+    return p
+
+
+def is_native_checkpoint(path: Path) -> bool:
+    try:
+        with open(path / "config.json") as f:
+            return "codediff" in json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        local = os.environ.get("LOCAL_RANK")
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{int(local)}" if local is not None else "cuda")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_backend(path: str | os.PathLike, *, backend: str = "auto", kind: str | None = None,
+                 convention: str = "auto", mask_id: int | None = None, device: str | None = None,
+                 dtype: str | None = None, trust_remote_code: bool = False) -> Backend:
+    """Open a model for generation. `kind` ("ar"/"dlm") overrides detection for HF folders."""
+    if backend not in ("auto", "native", "hf", "vllm"):
+        raise UserError(f"--backend {backend}: choose auto, native, hf or vllm")
+    if convention not in CONVENTIONS:
+        raise UserError(f"--convention {convention}: choose one of {', '.join(CONVENTIONS)}")
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    if backend == "vllm":
+        return _load_vllm(str(path), dt)
+    ckpt = resolve_checkpoint(path)
+    if backend == "native" or (backend == "auto" and is_native_checkpoint(ckpt)):
+        if not is_native_checkpoint(ckpt):
+            raise UserError(f"--model {path}: not a codediff checkpoint (config.json has no "
+                            "`codediff` block); use --backend hf")
+        return _load_native(ckpt, dev, dt, kind, convention, mask_id)
+    return _load_hf(ckpt, dev, dt, kind, convention, mask_id, trust_remote_code)
+
+
+def _load_native(ckpt: Path, dev: torch.device, dt: torch.dtype, kind: str | None,
+                 convention: str, mask_id: int | None) -> Backend:
+    from codediff.checkpoints import load_checkpoint
+
+    # inference weights in the asked dtype (bf16 on GPU): no per-call autocast casts, half the
+    # bytes; float32 stays float32
+    load_dtype = None if dt == torch.float32 else dt
+    model, tok, meta = load_checkpoint(str(ckpt), device=str(dev), dtype=load_dtype)
+    if mask_id is not None:
+        meta = {**meta, "mask_id": mask_id}
+    b = native_backend(model, tok, meta, device=dev, dtype=dt, path=str(ckpt))
+    if kind is not None and kind != b.kind:
+        if kind == "dlm" and b.kind == "ar":
+            # an AR model read through the Dream convention is a left-to-right DLM
+            if b.mask_id is None:
+                raise UserError("serving an AR checkpoint as a DLM needs --mask-id")
+            return ShiftedView(b, b.mask_id)
+        raise UserError(f"{ckpt}: an `{meta.get('objective')}` checkpoint cannot generate as "
+                        f"{kind}; drop --kind")
+    if convention == "dream" and b.kind == "dlm":
+        raise UserError("codediff mdm checkpoints use the LLaDA convention; drop --convention")
+    return b
+
+
+def native_backend(model: nn.Module, tokenizer: Any, meta: dict, *, device: torch.device,
+                   dtype: torch.dtype | None = None, path: str = "") -> NativeBackend:
+    """Wrap an in-memory codediff Transformer (and its `tokenizers.Tokenizer`) as a backend."""
+    model.eval()
+    cfg = model.config
+    eot = meta.get("eot_id")
+    pad = meta.get("pad_id")
+    return NativeBackend(
+        model, meta, tokenizer=NativeTokenizer(tokenizer), eos_ids=[] if eot is None else [eot],
+        pad_id=pad if pad is not None else (eot if eot is not None else 0),
+        mask_id=meta.get("mask_id"), device=device,
+        flops=FlopsModel.of(model, cfg.n_layer, cfg.d_model, cfg.vocab_size),
+        max_seq_len=cfg.max_seq_len, path=path, dtype=dtype)
+
+
+def _hf_mask_id(config: Any, tok: Any, model: Any) -> int | None:
+    for src in (config, getattr(model, "generation_config", None)):
+        v = getattr(src, "mask_token_id", None) if src is not None else None
+        if v is not None:
+            return int(v)
+    v = getattr(tok, "mask_token_id", None)
+    if v is not None:
+        return int(v)
+    if getattr(config, "model_type", "") == "llada":
+        return 126336  # LLaDA-8B's reserved mask id
+    return None
+
+
+def _load_hf(ckpt: Path, dev: torch.device, dt: torch.dtype, kind: str | None, convention: str,
+             mask_id: int | None, trust_remote_code: bool) -> Backend:
+    try:
+        import transformers
+    except ModuleNotFoundError as e:
+        raise UserError("Hugging Face models need transformers: pip install 'codediff[hf]'") from e
+    try:
+        config = transformers.AutoConfig.from_pretrained(ckpt, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        raise UserError(f"{ckpt}: transformers cannot read this config ({e}); if the model ships "
+                        "its own code, add --trust-remote-code") from e
+    model_type = str(getattr(config, "model_type", "")).lower()
+    if convention == "auto":
+        convention = "dream" if "dream" in model_type else "llada"
+    if kind is None:
+        dlm_type = model_type in ("llada", "dream") or "llada" in model_type
+        kind = "dlm" if dlm_type or getattr(config, "mask_token_id", None) is not None else "ar"
+    tok = transformers.AutoTokenizer.from_pretrained(ckpt, trust_remote_code=trust_remote_code)
+    load_kw = dict(trust_remote_code=trust_remote_code, dtype=dt)
+    if kind == "ar":
+        model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, **load_kw)
+    else:
+        model = _load_hf_dlm(transformers, ckpt, config, load_kw)
+    model.to(dev).eval()
+    n_layer = int(getattr(config, "num_hidden_layers", getattr(config, "n_layers", 0)) or 0)
+    d_model = int(getattr(config, "hidden_size", getattr(config, "d_model", 0)) or 0)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    eos = _as_list(getattr(config, "eos_token_id", None)) + _as_list(tok.eos_token_id)
+    gen_cfg = getattr(model, "generation_config", None)
+    if gen_cfg is not None:
+        eos += _as_list(getattr(gen_cfg, "eos_token_id", None))
+    for special in ("<|eot_id|>", "<|endoftext|>", "<|im_end|>"):
+        tid = tok.convert_tokens_to_ids(special) if special in tok.get_vocab() else None
+        if tid is not None and kind == "dlm":
+            eos.append(int(tid))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
+    common = dict(tokenizer=HFTokenizer(tok), eos_ids=eos, pad_id=pad, device=dev,
+                  flops=FlopsModel.of(model, n_layer, d_model, vocab),
+                  max_seq_len=getattr(config, "max_position_embeddings", None), path=str(ckpt),
+                  dtype=dt)
+    if kind == "ar":
+        return HFCausalBackend(model, mask_id=None, **common)
+    mid = mask_id if mask_id is not None else _hf_mask_id(config, tok, model)
+    if mid is None:
+        raise UserError(f"{ckpt}: no mask token id in the config or tokenizer; pass --mask-id")
+    return HFDiffusionBackend(model, convention, mask_id=mid, **common)
+
+
+def _load_hf_dlm(transformers: Any, ckpt: Path, config: Any, load_kw: dict) -> nn.Module:
+    """LLaDA/Dream register AutoModel in their auto_map; plain HF models are causal or masked."""
+    auto_map = getattr(config, "auto_map", None) or {}
+    order = ["AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM"]
+    if "AutoModel" not in auto_map:
+        order = ["AutoModelForMaskedLM", "AutoModelForCausalLM", "AutoModel"]
+    last: Exception | None = None
+    for name in order:
+        try:
+            return getattr(transformers, name).from_pretrained(ckpt, **load_kw)
+        except (ValueError, KeyError, OSError) as e:
+            last = e
+    raise UserError(f"{ckpt}: transformers cannot load this DLM ({last}); does it need "
+                    "--trust-remote-code?")
+
+
+def _load_vllm(path: str, dt: torch.dtype) -> Backend:
+    try:
+        import vllm
+    except ModuleNotFoundError as e:
+        raise UserError("--backend vllm needs vLLM installed (pip install vllm); or use "
+                        "--backend hf") from e
+    llm = vllm.LLM(model=path, dtype=str(dt).replace("torch.", ""))
+    tok = llm.get_tokenizer()
+    eos = _as_list(tok.eos_token_id)
+    return VLLMBackend(llm, tokenizer=HFTokenizer(tok), eos_ids=eos,
+                       pad_id=eos[0] if eos else 0, mask_id=None, device=torch.device("cuda"),
+                       flops=None, max_seq_len=None, path=path, dtype=dt)
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits -> float32; float32/float64 stay as they are."""
+    return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+
+
+def _as_list(v: Any) -> list[int]:
+    if v is None:
+        return []
+    if isinstance(v, (list, tuple)):
+        return [int(x) for x in v]
+    return [int(v)]
+
+
+class _autocast:
+    """bf16/fp16 autocast on CUDA when asked for; a no-op otherwise."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype | None):
+        self.ctx = None
+        if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+            self.ctx = torch.autocast("cuda", dtype=dtype)
+
+    def __enter__(self) -> None:
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)

@@ -1,0 +1,294 @@
+"""Masked-diffusion generation: LLaDA-style semi-autoregressive blocks, with optional KV caches.
+
+The answer region (`gen_length` masks after the prompt) is split into blocks of `block_length`
+decoded left to right. Within a block, each step runs the model, proposes a token for every
+masked position (`samplers.propose`) and commits some of them (`samplers.select`): a fixed count
+per step for the schedule samplers (`steps` spread evenly over the blocks), or as many as a
+threshold / factor / entropy budget allows. Positions after the block are never committed early.
+
+Caching (Fast-dLLM):
+  none    every step runs the whole sequence (exact).
+  prefix  at each block start one full forward fills the cache; each step then recomputes only
+          the block and everything after it, reading the prefix keys/values from the cache.
+  dual    like prefix, but the suffix after the block is read from the cache too, so each step
+          runs only `block_length` tokens.
+For a bidirectional model both caches are approximations (cached keys are from the block start);
+for the first step of a block and for causal models they are exact.
+
+Batches may mix prompt lengths: prompts are left-padded, pads are hidden by the key mask and
+position ids count real tokens only. A row stops early once its answer is decided: an
+end-of-text token with no mask before it, or a stop sequence in the decided prefix. Finished
+rows leave the batch at the next block start. Per row we record NFE (forward passes it took
+part in), seconds (its share of each step's wall time) and estimated FLOPs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from codediff.ar_sampling import Sample, StopWatcher, finish, heal_prompts, left_pad
+from codediff.samplers import CommitRule, propose, select, transfer_schedule
+
+CACHES = ("none", "prefix", "dual")
+SUPPRESSED = -1e9  # score of a suppressed proposal: below every real score, above "not a candidate"
+
+
+@dataclass(frozen=True)
+class DLMSettings:
+    gen_length: int = 256
+    block_length: int = 32
+    steps: int | None = None        # schedule samplers; None = gen_length (one token per step)
+    temperature: float = 0.0        # Gumbel-max temperature; 0 = argmax
+    rule: CommitRule = CommitRule()
+    cache: str = "none"
+    logits_eos_inf: bool = False     # never propose end-of-text (LLaDA eval option)
+    confidence_eos_inf: bool = False  # propose it, but commit it last (LLaDA eval option)
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        if self.gen_length < 1 or self.block_length < 1:
+            raise ValueError("gen_length and block_length must be >= 1")
+        if self.gen_length % self.block_length:
+            raise ValueError(f"gen_length {self.gen_length} must be a multiple of block_length "
+                             f"{self.block_length}")
+        if self.cache not in CACHES:
+            raise ValueError(f"cache must be one of {', '.join(CACHES)}")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.rule.fixed_schedule and self.total_steps % self.n_blocks:
+            raise ValueError(f"steps {self.total_steps} must be a multiple of the number of "
+                             f"blocks {self.n_blocks}")
+        if self.rule.fixed_schedule and self.total_steps < self.n_blocks:
+            raise ValueError("steps must be >= the number of blocks")
+
+    @property
+    def n_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def total_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.total_steps // self.n_blocks
+
+
+@torch.no_grad()
+def generate_dlm(backend: Any, prompts: list[list[int]], settings: DLMSettings,
+                 stop_sequences: list[str] | tuple[str, ...] = (),
+                 generators: list[torch.Generator] | None = None,
+                 heal: bool = False) -> list[Sample]:
+    """Generate one answer per prompt with a masked diffusion model (`heal`: token healing,
+    see ar_sampling.Healing; it constrains the first answer position)."""
+    if backend.mask_id is None:
+        raise ValueError("DLM generation needs a mask token id")
+    if settings.cache != "none" and not backend.supports_cache:
+        raise ValueError(f"backend {backend.name} has no KV cache; use cache='none'")
+    dev = backend.device
+    G, BL = settings.gen_length, settings.block_length
+    healing = heal_prompts(backend.tokenizer, prompts) if heal else None
+    if healing is not None:
+        prompts = healing.prompts
+    ids, mask, pos = left_pad(prompts, backend.pad_id, dev)
+    B, P = ids.shape
+    x = torch.cat([ids, torch.full((B, G), backend.mask_id, dtype=torch.long, device=dev)], 1)
+    attn = torch.cat([mask, torch.ones(B, G, dtype=torch.bool, device=dev)], dim=1)
+    positions = torch.cat([pos, pos[:, -1:] + torch.arange(1, G + 1, device=dev)], dim=1)
+    eos = torch.tensor(backend.eos_ids or [-1], device=dev)
+    watcher = StopWatcher(backend.tokenizer, stop_sequences)
+    run = _Run(backend, settings, eos, watcher, P, [len(p) + G for p in prompts])
+    if healing is not None:
+        run.healing = healing
+        run.skip = [len(text) for text in healing.prefix]
+
+    rows = list(range(B))                      # original index of each live row
+    gens = list(generators) if generators is not None else None
+    done = [False] * B                         # indexed by original row
+    x_out = x.clone()                          # final tokens, by original row
+
+    for blk in range(settings.n_blocks):
+        # finished rows leave the batch here, where every cache is rebuilt anyway
+        keep = [i for i, r in enumerate(rows) if not done[r]]
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, device=dev)
+            x, attn, positions = x[idx], attn[idx], positions[idx]
+            rows = [rows[i] for i in keep]
+            gens = [gens[i] for i in keep] if gens is not None else None
+        s, e = P + blk * BL, P + (blk + 1) * BL
+        run.block(x, attn, positions, rows, gens, done, s, e)
+        x_out[torch.tensor(rows, device=dev)] = x
+        if all(done):
+            break
+
+    out = []
+    for b in range(B):
+        ids_b, reason = _answer(x_out[b, P:], backend.mask_id, eos)
+        pre = healing.prefix[b] if healing is not None else ""
+        completion, raw, n, why = finish(backend.tokenizer, ids_b, stop_sequences, reason, pre)
+        extra: dict = {"committed": run.committed[b]}
+        if pre:
+            extra["healed"] = pre
+        out.append(Sample(ids=ids_b, completion=completion, raw=raw, tokens=n, nfe=run.nfe[b],
+                          seconds=run.secs[b], flops=run.flops[b], stop_reason=why, extra=extra))
+    return out
+
+
+def _answer(gen: torch.Tensor, mask_id: int, eos: torch.Tensor) -> tuple[list[int], str]:
+    """The decided answer: tokens before the first end-of-text (or first mask, if any left)."""
+    g = gen.tolist()
+    eos_set = set(eos.tolist())
+    for i, t in enumerate(g):
+        if t in eos_set:
+            return g[:i], "eos"
+        if t == mask_id:
+            return g[:i], "stop"  # only left behind after an early stop
+    return g, "length"
+
+
+class _Run:
+    """State shared by the blocks of one batch: per-row counters and the step logic."""
+
+    def __init__(self, backend: Any, settings: DLMSettings, eos: torch.Tensor,
+                 watcher: StopWatcher, prompt_width: int, real_lengths: list[int]):
+        self.b = backend
+        self.s = settings
+        self.eos = eos
+        self.watcher = watcher
+        self.P = prompt_width
+        self.real = real_lengths             # real tokens (prompt + answer) per original row
+        n = len(real_lengths)
+        self.nfe = [0] * n
+        self.secs = [0.0] * n
+        self.flops = [0.0] * n
+        self.committed: list[list[int]] = [[] for _ in range(n)]  # commits per forward
+        self.decided = [0] * n               # decided-prefix length already checked for stops
+        self.gen_host = [[backend.mask_id] * settings.gen_length for _ in range(n)]
+        self.eos_ids = list(backend.eos_ids)
+        self.healing = None                  # token healing: constrains answer position 0
+        self.skip = [0] * n                  # healed characters at the answer's start
+
+    # -- one block ---------------------------------------------------------------------------
+    def block(self, x: torch.Tensor, attn: torch.Tensor, positions: torch.Tensor, rows: list[int],
+              gens: list[torch.Generator] | None, done: list[bool], s: int, e: int) -> None:
+        st, b = self.s, self.b
+        padded = not bool(attn.all())
+        am = attn if padded else None
+        mask_id = b.mask_id
+        k_sched = None
+        if st.rule.fixed_schedule:
+            k_sched = transfer_schedule((x[:, s:e] == mask_id).sum(dim=1), st.steps_per_block)
+        cache = None
+        n_steps = st.steps_per_block if st.rule.fixed_schedule else (e - s)
+        live = [not done[r] for r in rows]
+        live_t = torch.tensor(live, device=x.device)
+        # a host copy of the block: bookkeeping reads it, so each step syncs with the device once
+        blk_host = x[:, s:e].tolist()
+        for i in range(n_steps):
+            has = [live[j] and mask_id in blk_host[j] for j in range(len(rows))]
+            if not any(has):
+                break
+            t0 = time.perf_counter()
+            cand = (x[:, s:e] == mask_id) & live_t.unsqueeze(1)
+            # ---- forward: logits for the block's positions [B, e - s, V]
+            if st.cache == "none":
+                logits = b.forward(x, attention_mask=am,
+                                   position_ids=positions if padded else None)[:, s:e]
+                n_query = [self.real[r] for r in rows]
+            elif i == 0:
+                # block start: one full pass (also this step's prediction) refreshes the cache
+                cache = b.new_cache(x.shape[0], x.shape[1])
+                logits = b.forward(x, attention_mask=am,
+                                   position_ids=positions if padded else None,
+                                   start_pos=0, cache=cache, update_cache=True)[:, s:e]
+                if st.cache == "prefix":
+                    cache.truncate(s)
+                n_query = [self.real[r] for r in rows]
+            elif st.cache == "prefix":
+                logits = b.forward(x[:, s:], attention_mask=am,
+                                   position_ids=positions[:, s:] if padded else None,
+                                   start_pos=s, cache=cache)[:, : e - s]
+                n_query = [x.shape[1] - s] * len(rows)
+            else:  # dual
+                logits = b.forward(x[:, s:e], attention_mask=am,
+                                   position_ids=positions[:, s:e] if padded else None,
+                                   start_pos=s, cache=cache)
+                n_query = [e - s] * len(rows)
+            # ---- propose and commit
+            if self.healing is not None and s == self.P:
+                # the answer's first token must extend the healed prompt text (block 0 only;
+                # no row has left the batch before it)
+                logits = logits.clone()
+                allowed = self.healing.mask(logits.shape[-1], x.device)[rows]
+                logits[:, 0] = logits[:, 0].masked_fill(~allowed, float("-inf"))
+            commit, x0 = self._commit(logits, cand, gens, k_sched[:, i] if k_sched is not None
+                                      else None)
+            x[:, s:e] = torch.where(commit, x0, x[:, s:e])
+            new_host = x[:, s:e].tolist()  # the step's one sync
+            dt = time.perf_counter() - t0
+            n_live = sum(has)
+            for j, r in enumerate(rows):
+                if has[j]:
+                    self.nfe[r] += 1
+                    self.secs[r] += dt / n_live
+                    self.committed[r].append(sum(
+                        a != c for a, c in zip(blk_host[j], new_host[j], strict=True)))
+                    if b.flops is not None:
+                        self.flops[r] += b.flops.forward(n_query[j], self.real[r])
+                    self.gen_host[r][s - self.P: e - self.P] = new_host[j]
+            blk_host = new_host
+            if st.early_stop and self._check_done(rows, done, has):
+                live = [not done[r] for r in rows]
+                live_t = torch.tensor(live, device=x.device)
+
+    def _commit(self, logits: torch.Tensor, cand: torch.Tensor,
+                gens: list[torch.Generator] | None, k: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        st, b = self.s, self.b
+        logits = logits.clone()
+        logits[..., b.mask_id] = float("-inf")  # a mask is never an answer
+        if st.logits_eos_inf and b.eos_ids:
+            logits[..., b.eos_ids] = float("-inf")
+        need_entropy = st.rule.rule == "entropy_bounded"
+        x0, conf, ent = propose(logits, st.temperature, st.rule.score, gens, need_entropy)
+        if st.confidence_eos_inf:
+            conf = conf.masked_fill(torch.isin(x0, self.eos), SUPPRESSED)
+        return select(st.rule, conf, ent, cand, k), x0
+
+    def _check_done(self, rows: list[int], done: list[bool], touched: list[bool]) -> bool:
+        """Mark rows whose answer is decided: an EOS with no mask before it, or a stop sequence
+        inside the decided prefix (the tokens before the first mask). True if any changed."""
+        mask_id = self.b.mask_id
+        changed = False
+        for j, r in enumerate(rows):
+            if done[r] or not touched[j]:
+                continue
+            g = self.gen_host[r]
+            first_mask = _index(g, [mask_id])
+            first_eos = _index(g, self.eos_ids)
+            if first_eos < first_mask:
+                done[r] = changed = True
+                continue
+            decided = min(first_mask, first_eos)
+            if self.watcher.stops and decided > self.decided[r]:
+                if self.watcher.hit(g[:decided], new_from=self.decided[r], skip=self.skip[r]):
+                    done[r] = changed = True
+                self.decided[r] = decided
+        return changed
+
+
+def _index(seq: list[int], values: list[int]) -> int:
+    """Position of the first element of seq in values (len(seq) if none)."""
+    best = len(seq)
+    for v in values:
+        try:
+            best = min(best, seq.index(v, 0, best))
+        except ValueError:
+            pass
+    return best

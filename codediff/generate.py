@@ -1,0 +1,464 @@
+"""`codediff generate`: sample completions for a task and write samples.jsonl + samples.meta.json.
+
+Work is a list of jobs (problem, completion_id), problems in task order with their n samples
+side by side, so a batch mostly holds one prompt (no padding). Each job has its own random
+generator seeded from (seed, task_id, completion_id): a sample does not depend on its batch,
+on resuming or on how many GPUs shared the work.
+
+Resuming: finished samples are appended (flushed and fsynced per batch) to `<out>.partial`
+(`<out>.partial.rank<r>` under torchrun) together with `<out>.partial.meta.json`, the settings
+they were made with. Rerunning the same command skips the jobs already there. When every job is
+done the samples are merged in task order into `<out>` and the sidecar is written, both
+atomically, and the partial files are removed.
+
+Under `torchrun` (WORLD_SIZE > 1) each rank takes every WORLD_SIZE-th problem, and rank 0
+merges once all ranks are done (a gloo barrier).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from codediff import __version__
+from codediff.errors import UserError
+
+SCHEMA = "codediff.samples/1"
+
+
+@dataclass
+class GenerateConfig:
+    model: str
+    task: str
+    out: str
+    prompt_format: str | None = None
+    data: str | None = None
+    n: int = 1
+    limit: int | None = None
+    task_ids: list[str] | None = None
+    batch_size: int = 16
+    seed: int = 0
+    # AR
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    kv_cache: bool = True
+    token_healing: bool = True
+    # DLM
+    sampler: str = "low_confidence"
+    tau: float = 0.9
+    factor: float = 1.0
+    gamma: float = 0.01
+    gen_length: int = 256
+    block_length: int = 32
+    steps: int | None = None
+    cache: str = "none"
+    logits_eos_inf: bool = False
+    confidence_eos_inf: bool = False
+    early_stop: bool = True
+    # model loading
+    backend: str = "auto"
+    kind: str | None = None
+    convention: str = "auto"
+    mask_id: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    index: int          # position in the final file
+    problem_index: int
+    task_id: str
+    completion_id: int
+    prompt: str
+
+
+# ----------------------------------------------------------------------------- paths
+
+def meta_path(out: str | os.PathLike) -> Path:
+    """samples.jsonl -> samples.meta.json (the judge looks for it the same way)."""
+    return Path(out).with_suffix(".meta.json")
+
+
+def _partial(out: Path, rank: int, world: int) -> Path:
+    return out.with_name(out.name + (".partial" if world == 1 else f".partial.rank{rank}"))
+
+
+def _partial_meta(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.meta.json")
+
+
+def _partials(out: Path) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(glob.escape(str(out)) + ".partial")
+                  + glob.glob(glob.escape(str(out)) + ".partial.rank*"))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Complete JSON lines of a partial file (a torn last line from a kill is ignored)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def _trim_torn_tail(path: Path) -> None:
+    """Cut a partial file back to its last complete line before appending to it."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+
+
+# ----------------------------------------------------------------------------- settings
+
+def _job_seed(seed: int, task_id: str, completion_id: int) -> int:
+    h = hashlib.sha256(f"{seed}/{task_id}/{completion_id}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def validate(cfg: GenerateConfig) -> None:
+    """Reject bad options before anything is loaded or written."""
+    if cfg.n < 1:
+        raise UserError(f"--n {cfg.n}: need at least one sample per problem")
+    if cfg.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UserError("--limit must be >= 1")
+    if cfg.temperature < 0:
+        raise UserError("--temperature must be >= 0")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError("--top-p must be in (0, 1]")
+    if cfg.top_k < 0:
+        raise UserError("--top-k must be >= 0 (0 = off)")
+    if cfg.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be >= 1")
+    from codediff.samplers import SAMPLERS
+
+    if cfg.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {cfg.sampler}: choose one of {', '.join(SAMPLERS)}")
+    if not 0 <= cfg.tau <= 1:
+        raise UserError("--tau must be in [0, 1]")
+    if cfg.factor < 0 or cfg.gamma < 0:
+        raise UserError("--factor and --gamma must be >= 0")
+    if cfg.gen_length < 1 or cfg.block_length < 1 or cfg.gen_length % cfg.block_length:
+        raise UserError(f"--gen-length {cfg.gen_length} must be a positive multiple of "
+                        f"--block-length {cfg.block_length}")
+    blocks = cfg.gen_length // cfg.block_length
+    steps = cfg.gen_length if cfg.steps is None else cfg.steps
+    if SAMPLERS[cfg.sampler][1] == "schedule" and (steps < blocks or steps % blocks):
+        raise UserError(f"--steps {steps} must be a positive multiple of the number of blocks "
+                        f"({blocks} = gen-length / block-length)")
+    if cfg.cache not in ("none", "prefix", "dual"):
+        raise UserError("--cache must be none, prefix or dual")
+    out = Path(cfg.out)
+    if not out.parent.exists():
+        raise UserError(f"--out {cfg.out}: folder {out.parent} does not exist; create it first")
+    if out.exists() and out.is_dir():
+        raise UserError(f"--out {cfg.out} is a folder; pass a file name like samples.jsonl")
+
+
+def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
+    """The options that decide the samples (what a resumed run must share)."""
+    s: dict[str, Any] = {"mode": mode, "seed": cfg.seed, "n": cfg.n,
+                         "token_healing": cfg.token_healing}
+    if mode == "ar":
+        s.update(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                 top_p=cfg.top_p, top_k=cfg.top_k, kv_cache=cfg.kv_cache)
+    else:
+        s.update(sampler=cfg.sampler, gen_length=cfg.gen_length, block_length=cfg.block_length,
+                 steps=cfg.gen_length if cfg.steps is None else cfg.steps,
+                 temperature=cfg.temperature, cache=cfg.cache,
+                 logits_eos_inf=cfg.logits_eos_inf, confidence_eos_inf=cfg.confidence_eos_inf,
+                 early_stop=cfg.early_stop)
+        if cfg.sampler == "threshold":
+            s["tau"] = cfg.tau
+        if cfg.sampler == "factor":
+            s["factor"] = cfg.factor
+        if cfg.sampler == "entropy_bounded":
+            s["gamma"] = cfg.gamma
+    return s
+
+
+# ----------------------------------------------------------------------------- main
+
+def run_generate(cfg: GenerateConfig) -> Path:
+    """Generate (or finish generating) cfg.out; returns its path."""
+    validate(cfg)
+    from harness.tasks import load_task
+
+    task = load_task(cfg.task, cfg.data)
+    fmt = task.format(cfg.prompt_format)
+    stops = task.stop_sequences(fmt.name)
+    problems = task.problems
+    if cfg.task_ids:
+        wanted = set(cfg.task_ids)
+        unknown = wanted - {p.task_id for p in problems}
+        if unknown:
+            raise UserError(f"--task-ids: {sorted(unknown)[:3]} not in task {task.name}")
+        problems = [p for p in problems if p.task_id in wanted]
+    if cfg.limit is not None:
+        problems = problems[: cfg.limit]
+    out = Path(cfg.out)
+    rank, world = _distributed()
+
+    from codediff.backends import load_backend
+
+    backend = load_backend(cfg.model, backend=cfg.backend, kind=cfg.kind,
+                           convention=cfg.convention, mask_id=cfg.mask_id, device=cfg.device,
+                           dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    mode = backend.kind
+    if mode == "dlm" and cfg.cache != "none" and not backend.supports_cache:
+        raise UserError(f"{cfg.model}: this model has no KV cache for diffusion steps; "
+                        "use --cache none")
+    settings = settings_of(cfg, mode)
+    ident = {"model": backend.describe(), "task": task.name, "dataset": task.dataset.as_dict(),
+             "prompt_format": fmt.name, "problems": [p.task_id for p in problems],
+             "settings": settings}
+    # the device is left out: torchrun ranks (and a resumed run) may use different GPUs
+    stable = {**ident, "model": {k: v for k, v in ident["model"].items() if k != "device"}}
+    fingerprint = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()
+                                 ).hexdigest()
+
+    # ---- already finished, or a different run in the way?
+    if out.exists() and meta_path(out).exists() and not cfg.overwrite:
+        try:
+            old = json.loads(meta_path(out).read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("fingerprint") == fingerprint:
+            if rank == 0:
+                print(f"{out}: already complete ({old.get('samples')} samples)", file=sys.stderr)
+            return out
+        raise UserError(f"{out} exists from a run with other settings; pass --overwrite or "
+                        "choose another --out")
+    pmeta = _partial_meta(out)
+    if cfg.overwrite and rank == 0:
+        for p in _partials(out):
+            p.unlink()
+        if pmeta.exists():
+            pmeta.unlink()
+    _barrier(world)
+    if pmeta.exists():
+        started = json.loads(pmeta.read_text())
+        if started.get("fingerprint") != fingerprint:
+            raise UserError(f"{out}: an unfinished run with other settings is in the way "
+                            f"({pmeta.name}); rerun with its options, or pass --overwrite")
+    elif rank == 0:
+        _atomic_write(pmeta, json.dumps({"fingerprint": fingerprint, **ident}, indent=1,
+                                        default=str) + "\n")
+
+    # ---- jobs
+    jobs = []
+    for pi, p in enumerate(problems):
+        prompt = task.prompt_for(p, fmt.name)
+        for c in range(cfg.n):
+            jobs.append(Job(len(jobs), pi, p.task_id, c, prompt))
+    done = set()
+    for path in _partials(out):
+        done |= {(r["task_id"], r["completion_id"]) for r in _read_rows(path)}
+    mine = [j for j in jobs if j.problem_index % world == rank
+            and (j.task_id, j.completion_id) not in done]
+
+    part = _partial(out, rank, world)
+    _trim_torn_tail(part)
+    _generate_jobs(cfg, backend, mine, stops, part, mode, show=cfg.progress and rank == 0)
+
+    _barrier(world)
+    if rank == 0:
+        _merge(cfg, out, jobs, fingerprint, ident, fmt, stops, backend, world)
+    _barrier(world)
+    return out
+
+
+def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: list[str],
+                   part: Path, mode: str, show: bool) -> None:
+    from tqdm import tqdm
+
+    if not jobs:
+        return
+    tok = backend.tokenizer
+    budget = _prompt_budget(cfg, backend, mode)
+    bar = tqdm(total=len(jobs), desc=f"generate {mode}", unit="sample", disable=not show,
+               dynamic_ncols=True)
+    n_tok = 0
+    n_sec = 0.0
+    with open(part, "a", encoding="utf-8") as f:
+        for i in range(0, len(jobs), cfg.batch_size):
+            batch = jobs[i: i + cfg.batch_size]
+            encoded = [tok.encode(j.prompt) for j in batch]
+            truncated = [budget is not None and len(e) > budget for e in encoded]
+            prompts = [e[-budget:] if t else e for e, t in zip(encoded, truncated, strict=True)]
+            samples = _run_batch(cfg, backend, batch, prompts, stops, mode)
+            lines = []
+            for j, s, e, t in zip(batch, samples, encoded, truncated, strict=True):
+                row = {"task_id": j.task_id, "completion_id": j.completion_id,
+                       "completion": s.completion, "raw": s.raw, "tokens": s.tokens,
+                       "nfe": s.nfe, "tokens_per_forward": round(s.tokens / max(s.nfe, 1), 4),
+                       "seconds": round(s.seconds, 6), "flops": s.flops,
+                       "stop_reason": s.stop_reason, "prompt_tokens": len(e)}
+                if s.extra.get("healed"):
+                    row["healed"] = s.extra["healed"]
+                if t:
+                    row["prompt_truncated_to"] = budget
+                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+                n_tok += s.tokens
+                n_sec += s.seconds
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{n_tok / max(n_sec, 1e-9):.0f}")
+    bar.close()
+
+
+def _prompt_budget(cfg: GenerateConfig, backend: Any, mode: str) -> int | None:
+    """Prompt tokens that fit the model's context with the answer (older tokens are cut)."""
+    if backend.max_seq_len is None or getattr(backend, "samples_itself", False):
+        return None
+    answer = cfg.max_new_tokens if mode == "ar" else cfg.gen_length
+    budget = int(backend.max_seq_len) - answer
+    if budget < 1:
+        length_flag = "--max-new-tokens" if mode == "ar" else "--gen-length"
+        raise UserError(f"{length_flag} {answer} leaves no room for the prompt in the model's "
+                        f"{backend.max_seq_len}-token context; lower it")
+    return budget
+
+
+def _run_batch(cfg: GenerateConfig, backend: Any, batch: list[Job], prompts: list[list[int]],
+               stops: list[str], mode: str) -> list[Any]:
+    gens = [torch.Generator(device=backend.device).manual_seed(
+        _job_seed(cfg.seed, j.task_id, j.completion_id)) for j in batch]
+    if getattr(backend, "samples_itself", False):
+        return _run_vllm(cfg, backend, batch, stops)
+    if mode == "ar":
+        from codediff.ar_sampling import ARSettings, generate_ar
+
+        s = ARSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                       top_p=cfg.top_p, top_k=cfg.top_k, use_cache=cfg.kv_cache)
+        return generate_ar(backend, prompts, s, stops, gens, heal=cfg.token_healing)
+    from codediff.dlm_sampling import DLMSettings, generate_dlm
+    from codediff.samplers import CommitRule
+
+    rule = CommitRule(cfg.sampler, tau=cfg.tau, factor=cfg.factor, gamma=cfg.gamma)
+    s = DLMSettings(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps,
+                    temperature=cfg.temperature, rule=rule, cache=cfg.cache,
+                    logits_eos_inf=cfg.logits_eos_inf, confidence_eos_inf=cfg.confidence_eos_inf,
+                    early_stop=cfg.early_stop)
+    return generate_dlm(backend, prompts, s, stops, gens, heal=cfg.token_healing)
+
+
+def _run_vllm(cfg: GenerateConfig, backend: Any, batch: list[Job], stops: list[str]
+              ) -> list[Any]:
+    from codediff.ar_sampling import Sample
+
+    t0 = time.perf_counter()
+    outs = []
+    for j in batch:  # one request per job so each has its own seed
+        outs.append(backend.generate_texts(
+            [j.prompt], n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            max_new_tokens=cfg.max_new_tokens, stop=stops,
+            seed=_job_seed(cfg.seed, j.task_id, j.completion_id))[0][0])
+    dt = (time.perf_counter() - t0) / max(len(batch), 1)
+    return [Sample(ids=[], completion=o["text"], raw=o["text"], tokens=o["tokens"],
+                   nfe=o["tokens"], seconds=dt, flops=0.0, stop_reason=o["finish_reason"])
+            for o in outs]
+
+
+def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, ident: dict,
+           fmt: Any, stops: list[str], backend: Any, world: int) -> None:
+    rows: dict[tuple[str, int], dict] = {}
+    for path in _partials(out):
+        for r in _read_rows(path):
+            rows[(r["task_id"], r["completion_id"])] = r
+    missing = [(j.task_id, j.completion_id) for j in jobs
+               if (j.task_id, j.completion_id) not in rows]
+    if missing:
+        raise UserError(f"{out}: {len(missing)} samples are missing after generation (e.g. "
+                        f"{missing[0]}); rerun the same command to finish them")
+    ordered = [rows[(j.task_id, j.completion_id)] for j in jobs]
+    _atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+    tot = {k: sum(r.get(k, 0) or 0 for r in ordered)
+           for k in ("nfe", "tokens", "seconds", "flops")}
+    meta = {
+        "schema": SCHEMA,
+        "fingerprint": fingerprint,
+        "model": ident["model"],
+        "task": ident["task"],
+        "dataset": ident["dataset"],
+        "prompt_format": fmt.name,
+        "program": fmt.program,
+        "stop_sequences": stops,
+        "sampler": ident["settings"],
+        "seed": cfg.seed,
+        "seeding": "per sample: sha256(seed/task_id/completion_id)",
+        "n": cfg.n,
+        "problems": len(ident["problems"]),
+        "samples": len(ordered),
+        "prompts_truncated": sum(1 for r in ordered if "prompt_truncated_to" in r),
+        "totals": {**tot,
+                   "tokens_per_second": tot["tokens"] / tot["seconds"] if tot["seconds"] else None,
+                   "tokens_per_forward": tot["tokens"] / tot["nfe"] if tot["nfe"] else None,
+                   "flops_per_token": tot["flops"] / tot["tokens"] if tot["tokens"] else None},
+        "world_size": world,
+        "batch_size": cfg.batch_size,
+        "created_by": f"codediff {__version__}",
+        "torch": torch.__version__,
+    }
+    _atomic_write(meta_path(out), json.dumps(meta, indent=1, default=str) + "\n")
+    for p in _partials(out):
+        p.unlink()
+    _partial_meta(out).unlink(missing_ok=True)
+
+
+def _barrier(world: int) -> None:
+    """Wait for all ranks (gloo works for CPU and GPU runs alike)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    dist.barrier()
+
+
+def config_dict(cfg: GenerateConfig) -> dict[str, Any]:
+    return asdict(cfg)

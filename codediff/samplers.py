@@ -1,0 +1,270 @@
+"""Commit rules for masked-diffusion decoding: which masked positions to fill at each step.
+
+Every DLM sampler in the literature does the same thing at a denoising step: predict a token x0
+for every masked position, score each prediction, then *commit* some of them (replace the mask by
+x0) and leave the rest masked for later steps. Samplers differ only in the score and in how many
+to commit. This module keeps the two apart:
+
+score (`Score`)      what it measures                             used by
+  prob               softmax probability of the proposed token    LLaDA `low_confidence`, Fast-dLLM
+  random             a uniform random number                      LLaDA `random`
+  margin             top-1 minus top-2 probability                Dream `topk_margin`
+  neg_entropy        minus the entropy of the predictive dist.    Dream `entropy`
+
+commit rule          how many
+  schedule           a fixed count per step (the block's masks split evenly over its steps)
+  threshold tau      every candidate with score >= tau, at least the best one (Fast-dLLM)
+  factor f           the n best while the n-th best has score >= 1 - f/(n+1) (Fast-dLLM)
+  entropy_bounded g  best-first while sum(H) - max(H) <= g over the chosen set (EB-sampler)
+
+All functions are pure tensor functions on [B, L] scores and [B, L] bool candidate masks (masked
+positions inside the current block); they never commit a non-candidate and, where any candidate
+exists, always commit at least one (so decoding always progresses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# name -> (score, commit rule)
+SAMPLERS: dict[str, tuple[str, str]] = {
+    "low_confidence": ("prob", "schedule"),
+    "random": ("random", "schedule"),
+    "margin": ("margin", "schedule"),
+    "entropy": ("neg_entropy", "schedule"),
+    "threshold": ("prob", "threshold"),
+    "factor": ("prob", "factor"),
+    "entropy_bounded": ("prob", "entropy_bounded"),
+}
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class CommitRule:
+    """A named DLM sampler and its one knob (tau, factor or gamma; unused for schedule rules)."""
+
+    name: str = "low_confidence"
+    tau: float = 0.9          # threshold
+    factor: float = 1.0       # factor
+    gamma: float = 0.01       # entropy_bounded (nats)
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(f"tau must be in [0, 1], got {self.tau}")
+        if self.factor < 0 or self.gamma < 0:
+            raise ValueError("factor and gamma must be >= 0")
+
+    @property
+    def score(self) -> str:
+        return SAMPLERS[self.name][0]
+
+    @property
+    def rule(self) -> str:
+        return SAMPLERS[self.name][1]
+
+    @property
+    def fixed_schedule(self) -> bool:
+        """True when the number of commits per step is fixed in advance (`steps` matters)."""
+        return self.rule == "schedule"
+
+
+# ----------------------------------------------------------------------------- proposals
+
+def gumbel_perturb(logits: torch.Tensor, temperature: float,
+                   generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """Logits plus temperature-scaled Gumbel noise, in float64; argmax = a sample at `temperature`.
+
+    argmax(l + T*g) with g ~ Gumbel(0, 1) samples softmax(l / T). It equals LLaDA's
+    argmax(exp(l) / (-log u)^T) but stays in log space. The noise is float64 on purpose: with
+    low-precision Gumbel noise masked diffusion models generate worse text (arXiv:2409.02908),
+    as LLaDA notes. One generator per batch row keeps a row's randomness independent of its
+    batch neighbours, so batched sampling equals unbatched sampling for the same seeds.
+    Temperature 0 returns the logits unchanged (argmax = greedy).
+    """
+    if temperature == 0:
+        return logits
+    u = _uniform(logits.shape, logits.device, generators)
+    # u in (0, 1): clamp away from 0 and 1 so both logs are finite
+    tiny = torch.finfo(torch.float64).tiny
+    u = u.clamp(min=tiny, max=1.0 - 1e-16)
+    return logits.to(torch.float64) - temperature * torch.log(-torch.log(u))
+
+
+def _uniform(shape: torch.Size | tuple[int, ...], device: torch.device,
+             generators: list[torch.Generator] | None) -> torch.Tensor:
+    """float64 U(0, 1) of `shape`; row b drawn from generators[b] when given."""
+    if generators is None:
+        return torch.rand(shape, dtype=torch.float64, device=device)
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.rand(tuple(shape[1:]), dtype=torch.float64, device=device,
+                                   generator=g) for g in generators])
+
+
+def propose(logits: torch.Tensor, temperature: float, score: str,
+            generators: list[torch.Generator] | None = None, need_entropy: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Proposed tokens x0 [B, L], their scores [B, L] (float64) and entropies [B, L] (nats;
+    None when not `need_entropy` and the score does not use it).
+
+    x0 is the argmax of the Gumbel-perturbed logits. Scores come from the unperturbed
+    distribution softmax(logits) computed in float64, as in LLaDA / Fast-dLLM.
+    """
+    x0 = gumbel_perturb(logits, temperature, generators).argmax(dim=-1)
+    logp = F.log_softmax(logits.to(torch.float64), dim=-1)
+    p = logp.exp()
+    entropy = None
+    if need_entropy or score == "neg_entropy":
+        entropy = -(p * logp).nan_to_num(0.0).sum(dim=-1)
+    if score == "prob":
+        conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    elif score == "random":
+        conf = _uniform(x0.shape, x0.device, generators)
+    elif score == "margin":
+        top2 = p.topk(2, dim=-1).values
+        conf = top2[..., 0] - top2[..., 1]
+    elif score == "neg_entropy":
+        conf = -entropy
+    else:
+        raise ValueError(f"unknown score {score!r}")
+    return x0, conf, entropy
+
+
+# ----------------------------------------------------------------------------- schedules
+
+def transfer_schedule(n_masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """[B, steps] commits per step: n_masked[b] split evenly, the remainder to the first steps.
+
+    LLaDA's linear noise schedule makes the expected number of unmasked tokens per step constant,
+    so a block of M masks over S steps commits M // S per step plus one more in the first
+    M % S steps.
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    n = n_masked.reshape(-1).to(torch.long)
+    base = torch.div(n, steps, rounding_mode="floor")
+    rem = n - base * steps
+    cols = torch.arange(steps, device=n.device).unsqueeze(0)
+    return base.unsqueeze(1) + (cols < rem.unsqueeze(1)).to(torch.long)
+
+
+# ----------------------------------------------------------------------------- commit rules
+
+def _ranked(conf: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores with non-candidates at -inf, sorted descending: (sorted values, their positions).
+
+    The sort is stable so ties keep left-to-right order; positions are what topk would return.
+    """
+    masked = conf.to(torch.float64).masked_fill(~candidates, NEG_INF)
+    values, order = torch.sort(masked, dim=-1, descending=True, stable=True)
+    return values, order
+
+
+def _first_k(order: torch.Tensor, k: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Bool [B, L]: the first k[b] positions of order[b], restricted to candidates."""
+    ranks = torch.empty_like(order)
+    ar = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    ranks.scatter_(-1, order, ar)
+    return (ranks < k.unsqueeze(-1)) & candidates
+
+
+def _at_least_one(k: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    n = candidates.sum(dim=-1)
+    return torch.minimum(torch.where(n > 0, k.clamp(min=1), k), n)
+
+
+def select_topk(conf: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Commit the k[b] best-scored candidates of row b (k may be 0; capped at the candidates)."""
+    _, order = _ranked(conf, candidates)
+    k = torch.minimum(k.to(torch.long), candidates.sum(dim=-1))
+    return _first_k(order, k, candidates)
+
+
+def select_threshold(conf: torch.Tensor, candidates: torch.Tensor, tau: float) -> torch.Tensor:
+    """Commit every candidate with score >= tau, and the best candidate even if below tau."""
+    values, order = _ranked(conf, candidates)
+    k = _at_least_one((values >= tau).sum(dim=-1), candidates)
+    return _first_k(order, k, candidates)
+
+
+def select_factor(conf: torch.Tensor, candidates: torch.Tensor, factor: float) -> torch.Tensor:
+    """Fast-dLLM's factor rule: commit the n best while the n-th best c_(n) >= 1 - f/(n+1).
+
+    n counts from 1; the best is always committed. (Fast-dLLM's derivation: committing n tokens
+    in parallel is safe when (n + 1)(1 - c_(n)) < f.)
+    """
+    values, order = _ranked(conf, candidates)
+    n = torch.arange(1, values.shape[-1] + 1, device=values.device, dtype=torch.float64)
+    ok = values >= (1.0 - factor / (n + 1.0))
+    ok[..., 0] = True
+    k = ok.to(torch.long).cumprod(dim=-1).sum(dim=-1)  # length of the all-ok prefix
+    return _first_k(order, _at_least_one(k, candidates), candidates)
+
+
+def select_entropy_bounded(conf: torch.Tensor, entropy: torch.Tensor, candidates: torch.Tensor,
+                           gamma: float) -> torch.Tensor:
+    """EB-sampler: best-first, the largest prefix U with sum(H_U) - max(H_U) <= gamma.
+
+    gamma = 0 commits one token per step unless several are (numerically) certain; larger gamma
+    trades error for fewer steps.
+    """
+    values, order = _ranked(conf, candidates)
+    h = entropy.to(torch.float64).gather(-1, order)
+    h = torch.where(torch.isfinite(values), h, torch.zeros_like(h))
+    ok = (h.cumsum(dim=-1) - h.cummax(dim=-1).values) <= gamma
+    ok &= torch.isfinite(values)
+    k = ok.to(torch.long).cumprod(dim=-1).sum(dim=-1)
+    return _first_k(order, _at_least_one(k, candidates), candidates)
+
+
+def select(rule: CommitRule, conf: torch.Tensor, entropy: torch.Tensor | None,
+           candidates: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatch on the rule; `k` [B] is required for schedule rules."""
+    if rule.rule == "schedule":
+        if k is None:
+            raise ValueError(f"sampler {rule.name} needs a per-step count k")
+        return select_topk(conf, candidates, k)
+    if rule.rule == "threshold":
+        return select_threshold(conf, candidates, rule.tau)
+    if rule.rule == "factor":
+        return select_factor(conf, candidates, rule.factor)
+    if entropy is None:
+        raise ValueError("entropy_bounded needs the entropies (propose(..., need_entropy=True))")
+    return select_entropy_bounded(conf, entropy, candidates, rule.gamma)
+
+
+# ----------------------------------------------------------------------------- AR helpers
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Keep the top_k logits and the smallest nucleus with mass >= top_p; others -> -inf.
+
+    top_k = 0 and top_p = 1 disable the filters. The most likely token always survives.
+    """
+    out = logits
+    if top_k and top_k > 0 and top_k < out.shape[-1]:
+        kth = out.topk(top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, NEG_INF)
+    if top_p < 1.0:
+        sorted_logits, order = out.sort(dim=-1, descending=True)
+        probs = sorted_logits.float().softmax(dim=-1)
+        # drop a token when the mass strictly before it already reaches top_p
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop[..., 0] = False
+        out = out.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), NEG_INF)
+    return out
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
+                top_p: float = 1.0, generators: list[torch.Generator] | None = None
+                ) -> torch.Tensor:
+    """Next token [B] from last-position logits [B, V]: greedy at temperature 0, else sampled."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    scaled = filter_logits(logits.to(torch.float64) / temperature, top_k, top_p)
+    return gumbel_perturb(scaled, 1.0, generators).argmax(dim=-1)

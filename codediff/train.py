@@ -1,0 +1,628 @@
+"""The trainer: one loop for `ar` and `mdm`, from a laptop CPU to several GPUs under torchrun.
+
+World-size agnostic: the optimizer step `s` consumes global micro-batches
+s * accum * world ... (s + 1) * accum * world - 1, rank r taking those with index = r (mod world).
+A micro-batch's sequences and its random numbers depend on its global index only, so any world
+size with the same global batch computes the same update (up to float summation order).
+
+Resumable: `state/` holds the model, optimizer, step and RNG, written atomically (a temporary
+folder renamed into place), every `save_every_s` seconds and at each kept checkpoint. A run
+killed at any moment and started again with the same command continues from the last state and
+ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from codediff import __version__
+from codediff.checkpoints import atomic_write_text, save_checkpoint
+from codediff.data import Corpus, TrainStream, open_corpus, val_windows
+from codediff.errors import UserError
+from codediff.model import ModelConfig, Transformer
+from codediff.objectives import (
+    ObjectiveConfig,
+    ar_nll,
+    draw_noise,
+    loss_fn,
+    mdm_neg_elbo,
+    micro_batch_generator,
+)
+
+RUN_SCHEMA = "codediff.run/1"
+SCHEDULES = ("cosine", "wsd", "constant")
+ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+# options that may change between a run and its resumption (they do not change the weights)
+RESUMABLE_CHANGES = {"compile", "compile_mode", "attention", "log_every", "save_every_s", "save_every_steps",
+                     "progress", "micro_batch", "dist", "activation_checkpointing", "dtype",
+                     "stop_after_steps"}
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "ar"
+    total_tokens: int = 10_000_000
+    seq_len: int | None = None  # None -> the model's max_seq_len
+    batch_size: int = 128  # global batch, sequences per optimizer step
+    micro_batch: int | None = None  # sequences per rank per forward; None -> batch / world
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
+    warmup_steps: int | None = None  # None -> 5% of the steps, at most 2000
+    decay_frac: float = 0.2  # wsd: the last fraction of the steps decays linearly
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    # objective options
+    t_sampling: str = "stratified"
+    mdm_eps: float = 1e-3
+    cut_prob: float = 0.01
+    ar_input_mask_prob: float = 0.0
+    ar_input_noise_prob: float = 0.0
+    # validation and checkpoints at log-spaced token counts
+    val_tokens: int = 1_000_000
+    val_batch: int | None = None  # None -> micro batch
+    mdm_val_samples: int = 4
+    val_seed: int = 1234
+    eval_points: int = 24
+    checkpoint_points: int = 8
+    first_eval_tokens: int | None = None  # start of the log grid; None -> total / 1000
+    # machinery
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU) | bfloat16 | float32
+    compile: bool | None = None  # None -> on CUDA
+    compile_mode: str = "default"
+    attention: str = "auto"  # SDPA kernel: auto | cudnn | flash | efficient | math
+    dist: str = "ddp"  # ddp | fsdp (used when launched with several processes)
+    activation_checkpointing: bool = False
+    log_every: int = 10
+    save_every_s: float = 600.0
+    save_every_steps: int = 0  # also save state every N steps (0 = only by time / checkpoints)
+    progress: bool = True
+    stop_after_steps: int = 0  # stop (state saved) after this many steps in this invocation
+
+    def validate(self) -> None:
+        if self.objective not in ("ar", "mdm"):
+            raise UserError(f"--objective {self.objective}: choose ar or mdm")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule {self.schedule}: choose one of {', '.join(SCHEDULES)}")
+        if self.dist not in ("ddp", "fsdp"):
+            raise UserError(f"--dist {self.dist}: choose ddp or fsdp")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise UserError(f"--attention {self.attention}: choose one of "
+                            f"{', '.join(ATTENTION_BACKENDS)}")
+        if self.dtype not in ("auto", "bfloat16", "float32"):
+            raise UserError(f"--dtype {self.dtype}: choose auto, bfloat16 or float32")
+        if self.total_tokens <= 0:
+            raise UserError("--total-tokens must be positive (e.g. 300M)")
+        if self.batch_size <= 0 or (self.micro_batch is not None and self.micro_batch <= 0):
+            raise UserError("--batch-size and --micro-batch must be positive")
+        if self.lr <= 0:
+            raise UserError("--lr must be positive")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_dist() -> Dist:
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a plain launch is a world of one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local, device)
+
+
+def schedule_lr(step: int, steps: int, cfg: TrainConfig, warmup: int) -> float:
+    """Learning rate for optimizer step `step` (0-based)."""
+    lo = cfg.lr * cfg.min_lr_ratio
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        p = (step - warmup) / max(1, steps - warmup - 1)
+        return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(p, 1.0)))
+    decay_start = max(warmup, int(steps * (1 - cfg.decay_frac)))
+    if step < decay_start:
+        return cfg.lr
+    p = (step - decay_start + 1) / max(1, steps - decay_start)
+    return cfg.lr + (lo - cfg.lr) * min(p, 1.0)
+
+
+def log_spaced_steps(first: int, last: int, n: int) -> list[int]:
+    """About n steps from first to last, evenly spaced in log scale, always including last."""
+    first = max(1, min(first, last))
+    if n <= 1 or first == last:
+        return [last]
+    grid = np.geomspace(first, last, n)
+    return sorted({int(round(s)) for s in grid} | {last})
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's measured dense matmul rate (FLOP/s): the denominator of MFU."""
+    n = 4096 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 20 if device.type == "cuda" else 3
+    for _ in range(2):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def parse_tokens(text: str | int) -> int:
+    """'300M' -> 300_000_000; also K, G/B, T and plain integers or floats ('1.5e9')."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace("_", "")
+    mult = {"K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9, "T": 10**12}
+    try:
+        if s and s[-1] in mult:
+            return int(float(s[:-1]) * mult[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise UserError(f"token count {text!r}: write a number like 300M, 1.5B or 2000000") \
+            from None
+
+
+# ----------------------------------------------------------------------------- run dir
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        if k in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diffs.append(f"{prefix}{k} ({a} -> {b})")
+    return diffs
+
+
+def read_state_meta(out: Path) -> dict | None:
+    p = out / "state" / "trainer.json"
+    if not p.exists():
+        return None
+    return json.loads(p.read_text())
+
+
+class Trainer:
+    def __init__(self, corpus_dir: str | os.PathLike, out: str | os.PathLike,
+                 model_cfg: ModelConfig, cfg: TrainConfig, dist_info: Dist | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(out)
+        self.d = dist_info or setup_dist()
+        self.corpus: Corpus = open_corpus(corpus_dir)
+        c = self.corpus
+        if cfg.objective == "mdm" and c.mask_id is None:
+            raise UserError(f"--corpus {c.path}: its tokenizer has no mask token, which the mdm "
+                            "objective needs; rebuild the corpus with a mask token")
+        if model_cfg.vocab_size < c.vocab_size:
+            raise UserError(f"model vocab_size {model_cfg.vocab_size} is smaller than the "
+                            f"corpus tokenizer's {c.vocab_size}; drop --vocab-size or raise it")
+        model_cfg.causal = cfg.objective == "ar"
+        self.seq_len = cfg.seq_len or model_cfg.max_seq_len
+        if self.seq_len > model_cfg.max_seq_len:
+            model_cfg.max_seq_len = self.seq_len
+        self.model_cfg = model_cfg
+        W = self.d.world
+        mb = cfg.micro_batch or max(1, cfg.batch_size // W)
+        if cfg.batch_size % (mb * W):
+            raise UserError(f"--batch-size {cfg.batch_size} is not a multiple of micro-batch "
+                            f"{mb} x {W} processes; choose a micro-batch that divides it")
+        self.micro_batch = mb
+        self.accum = cfg.batch_size // (mb * W)
+        self.tokens_per_step = cfg.batch_size * self.seq_len
+        self.steps = max(1, math.ceil(cfg.total_tokens / self.tokens_per_step))
+        self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else \
+            max(1, min(2000, self.steps // 20))
+        self.stream = TrainStream(c.train, self.seq_len, cfg.seed)
+        self.unique_tokens = self.stream.sequences_per_epoch * self.seq_len
+        first = cfg.first_eval_tokens or cfg.total_tokens // 1000
+        first_step = max(1, first // self.tokens_per_step)
+        self.eval_steps = set(log_spaced_steps(first_step, self.steps, cfg.eval_points))
+        self.ckpt_steps = set(log_spaced_steps(first_step, self.steps, cfg.checkpoint_points))
+        self.obj = ObjectiveConfig(name=cfg.objective, mask_id=c.mask_id, pad_id=c.pad_id,
+                                   eps=cfg.mdm_eps, t_sampling=cfg.t_sampling,
+                                   cut_prob=cfg.cut_prob,
+                                   ar_input_mask_prob=cfg.ar_input_mask_prob,
+                                   ar_input_noise_prob=cfg.ar_input_noise_prob,
+                                   vocab_size=model_cfg.vocab_size)
+        dev = self.d.device
+        if cfg.dtype == "auto":
+            self.amp_dtype = torch.bfloat16 if dev.type == "cuda" else None
+        else:
+            self.amp_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+        self.compile = cfg.compile if cfg.compile is not None else dev.type == "cuda"
+
+    # --------------------------------------------------------------- setup
+
+    def run_record(self) -> dict:
+        c = self.corpus
+        return {
+            "schema": RUN_SCHEMA, "objective": self.cfg.objective,
+            "model": self.model_cfg.to_dict(), "train": asdict(self.cfg),
+            "corpus": {"path": str(c.path.resolve()), "manifest_sha256": c.manifest_sha256,
+                       "vocab_size": c.vocab_size, "eot_id": c.eot_id, "mask_id": c.mask_id,
+                       "pad_id": c.pad_id},
+            "seq_len": self.seq_len, "steps": self.steps, "tokens_per_step": self.tokens_per_step,
+            "unique_tokens": self.unique_tokens,
+            "total_tokens": self.steps * self.tokens_per_step,
+            "epochs": self.steps * self.tokens_per_step / self.unique_tokens,
+            "params": self.model_cfg.num_params(),
+            "world_size": self.d.world, "micro_batch": self.micro_batch, "accum": self.accum,
+            "created_by": f"codediff {__version__}",
+        }
+
+    def _check_out_dir(self, record: dict) -> None:
+        run_json = self.out / "run.json"
+        if self.out.exists() and not run_json.exists() and any(self.out.iterdir()):
+            raise UserError(f"--out {self.out}: folder exists and is not a codediff run dir; "
+                            "choose a new --out")
+        if run_json.exists():
+            old = json.loads(run_json.read_text())
+            if old.get("schema") != RUN_SCHEMA:
+                raise UserError(f"--out {self.out}: run.json schema {old.get('schema')!r} is not "
+                                f"{RUN_SCHEMA}; choose a new --out")
+            keep = ("objective", "model", "train", "seq_len", "steps")
+            diffs = _config_diff({k: old.get(k) for k in keep}, {k: record[k] for k in keep})
+            if old.get("corpus", {}).get("manifest_sha256") != \
+                    record["corpus"]["manifest_sha256"]:
+                diffs.append("corpus (a different manifest.json)")
+            if diffs:
+                raise UserError(f"--out {self.out} holds a run with other settings ("
+                                + "; ".join(diffs[:4]) + "); resume with the same options "
+                                "or choose a new --out")
+
+    def build(self) -> None:
+        cfg, d = self.cfg, self.d
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = Transformer(self.model_cfg).to(d.device)
+        model.activation_checkpointing = cfg.activation_checkpointing
+        self.model = model  # the plain module (FSDP2 shards it in place)
+        if d.world > 1 and cfg.dist == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mp = MixedPrecisionPolicy(param_dtype=self.amp_dtype, reduce_dtype=torch.float32) \
+                if self.amp_dtype is not None else MixedPrecisionPolicy()
+            for block in model.layers:
+                fully_shard(block, mp_policy=mp)
+            fully_shard(model, mp_policy=mp)
+            self.wrapped = model
+        elif d.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.wrapped = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda"
+                               else None)
+        else:
+            self.wrapped = model
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                           fused=True if d.device.type == "cuda" else None)
+        self.loss_eager = loss_fn(self.obj)
+        self.loss_compiled = torch.compile(self.loss_eager, mode=cfg.compile_mode) \
+            if self.compile else self.loss_eager
+
+    # --------------------------------------------------------------- state
+
+    def save_state(self, step: int) -> None:
+        """Atomic: write state.tmp, then swap it for state/ (rank 0 renames after a barrier)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        d = self.d
+        tmp = self.out / "state.tmp"
+        if d.main and tmp.exists():
+            shutil.rmtree(tmp)
+        d.barrier()
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
+        rng = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(d.device) if d.device.type == "cuda" else None}
+        torch.save(rng, tmp / f"rng-{d.rank}.pt")
+        d.barrier()
+        if d.main:
+            meta = {"step": step, "tokens": step * self.tokens_per_step,
+                    "world": d.world, "time": time.time()}
+            (tmp / "trainer.json").write_text(json.dumps(meta) + "\n")
+            from codediff.checkpoints import replace_dir
+
+            replace_dir(tmp, self.out / "state")
+        d.barrier()
+
+    def load_state(self) -> int:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        meta = read_state_meta(self.out)
+        if meta is None:
+            return 0
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        sd = {"model": msd, "optim": osd}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.load(sd, checkpoint_id=str(self.out / "state" / "dcp"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=sd["model"],
+                       optim_state_dict=sd["optim"])
+        rng_file = self.out / "state" / f"rng-{self.d.rank}.pt"
+        if meta.get("world") == self.d.world and rng_file.exists():
+            rng = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(rng["cpu"])
+            if rng.get("cuda") is not None and self.d.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.d.device)
+        return int(meta["step"])
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines written after the state we resume from (they will be redone)."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    def log(self, record: dict) -> None:
+        if not self.d.main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # --------------------------------------------------------------- pieces
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.d.device.type, dtype=self.amp_dtype)
+
+    def micro_batches(self, step: int):
+        """(global index, tokens [mb, L+1] on device) for this rank's micro-batches of `step`."""
+        W, A, mb = self.d.world, self.accum, self.micro_batch
+        for a in range(A):
+            g = (step * A + a) * W + self.d.rank
+            x = torch.from_numpy(self.stream.batch(g * mb, mb))
+            if self.d.device.type == "cuda":
+                x = x.pin_memory().to(self.d.device, non_blocking=True)
+            yield a, g, x
+
+    def _sync_context(self, last: bool):
+        if self.d.world == 1 or last:
+            if self.d.world > 1 and self.cfg.dist == "fsdp":
+                self.model.set_requires_gradient_sync(True)
+            return contextlib.nullcontext()
+        if self.cfg.dist == "fsdp":
+            self.model.set_requires_gradient_sync(False)
+            return contextlib.nullcontext()
+        return self.wrapped.no_sync()
+
+    def attention_kernels(self):
+        """Pin the SDPA kernel (the first choice, falling back to flash, then math)."""
+        if self.cfg.attention == "auto":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+        order = [names[self.cfg.attention], SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+        return sdpa_kernel(list(dict.fromkeys(order)), set_priority=True)
+
+    def train_step(self, step: int) -> torch.Tensor:
+        total = torch.zeros((), device=self.d.device)
+        for a, g, x in self.micro_batches(step):
+            gen = micro_batch_generator(self.cfg.seed, g, self.d.device)
+            noise = draw_noise(self.obj, x.shape[0], self.seq_len, gen, self.d.device)
+            fn = self.loss_compiled if noise["length"] == self.seq_len else self.loss_eager
+            with self._sync_context(a == self.accum - 1), self.autocast(), \
+                    self.attention_kernels():
+                loss = fn(self.wrapped, x, noise, self.obj) / self.accum
+            loss.backward()
+            total += loss.detach()
+        if self.cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            if hasattr(norm, "full_tensor"):
+                norm = norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.d.world > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG if self.d.device.type == "cuda"
+                            else dist.ReduceOp.SUM)
+            if self.d.device.type != "cuda":
+                total /= self.d.world
+        return total
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.model.eval()
+        try:
+            x = torch.from_numpy(self.val).to(self.d.device)
+            bs = self.cfg.val_batch or self.micro_batch
+            with self.autocast():
+                if self.cfg.objective == "ar":
+                    return ar_nll(self.model, x, bs)
+                return mdm_neg_elbo(self.model, x, bs, self.corpus.mask_id,
+                                    self.cfg.mdm_val_samples, seed=self.cfg.val_seed,
+                                    eps=self.cfg.mdm_eps)
+        finally:
+            self.model.train()
+
+    def save_kept_checkpoint(self, step: int) -> Path | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        tokens = step * self.tokens_per_step
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
+                                                                        cpu_offload=True))
+        if not self.d.main:
+            return None
+        c = self.corpus
+        meta = {"objective": self.cfg.objective, "mask_id": c.mask_id, "eot_id": c.eot_id,
+                "pad_id": c.pad_id, "tokens": tokens, "epochs": tokens / self.unique_tokens,
+                "unique_tokens": self.unique_tokens, "step": step,
+                "corpus_manifest_sha256": c.manifest_sha256}
+        return save_checkpoint(self.model, c.tokenizer_path,
+                               self.out / "checkpoints" / f"tokens-{tokens}", meta,
+                               state_dict={k: v.float().contiguous() for k, v in sd.items()})
+
+    def _time_to_save(self, last_save: float) -> bool:
+        """Rank 0's clock decides, so every rank enters the collective save together."""
+        due = torch.tensor([time.time() - last_save > self.cfg.save_every_s], dtype=torch.int32,
+                           device=self.d.device)
+        if self.d.world > 1:
+            dist.broadcast(due, src=0)
+        return bool(due.item())
+
+    # --------------------------------------------------------------- loop
+
+    def fit(self) -> dict:
+        cfg, d = self.cfg, self.d
+        record = self.run_record()
+        if d.main:
+            self._check_out_dir(record)
+        d.barrier()
+        self.build()
+        old, state = self.out / ".state.old", self.out / "state"
+        if d.main and old.exists() and not state.exists():
+            os.replace(old, state)  # killed between the two renames of a state swap
+        d.barrier()
+        start = self.load_state() if read_state_meta(self.out) else 0
+        if d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not (self.out / "run.json").exists():
+                atomic_write_text(self.out / "run.json", json.dumps(record, indent=2) + "\n")
+            self._truncate_metrics(start)
+        if start >= self.steps:
+            if d.main:
+                print(f"{self.out}: already trained to {self.steps} steps; nothing to do")
+            return {"steps": self.steps, "resumed_from": start, "done": True}
+        self.val = val_windows(self.corpus.val, self.seq_len, cfg.val_tokens)
+        flops_tok = self.model_cfg.flops_per_token(self.seq_len)
+        peak = measure_matmul_flops(d.device, self.amp_dtype or torch.float32) * d.world
+        bar = None
+        if cfg.progress and d.main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.steps, initial=start, unit="step", dynamic_ncols=True,
+                       desc=f"train {cfg.objective}")
+        last_save = time.time()
+        t_mark, step_mark = time.perf_counter(), start
+        step = start
+        ran = 0
+        try:
+            for step in range(start, self.steps):
+                lr = schedule_lr(step, self.steps, cfg, self.warmup)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                try:
+                    loss_t = self.train_step(step)
+                except torch.OutOfMemoryError:
+                    raise UserError(
+                        f"out of memory with micro-batch {self.micro_batch} x {self.seq_len} "
+                        f"tokens; pass a smaller --micro-batch (e.g. {max(1, self.micro_batch // 2)})"
+                        "; gradient accumulation keeps the global batch") from None
+                done = step + 1
+                ran += 1
+                is_eval = done in self.eval_steps
+                is_ckpt = done in self.ckpt_steps
+                is_log = done % cfg.log_every == 0 or done == self.steps or is_eval
+                due_save = bool((cfg.save_every_steps and done % cfg.save_every_steps == 0)
+                                or is_ckpt or (cfg.stop_after_steps and ran >= cfg.stop_after_steps)
+                                or (is_log and self._time_to_save(last_save)))
+                if not (is_log or due_save):
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                loss = loss_t.item()  # a sync: only at log / save points
+                if not math.isfinite(loss):
+                    state = read_state_meta(self.out)
+                    where = f"step {state['step']}" if state else "no saved state"
+                    raise UserError(f"training loss became {loss} at step {done}; stopped "
+                                    f"without saving. The last good state is {where} in "
+                                    f"{self.out}/state; lower --lr or raise --warmup-steps "
+                                    "and start a new --out")
+                now = time.perf_counter()
+                tok_s = (done - step_mark) * self.tokens_per_step / max(now - t_mark, 1e-9)
+                rec = {"tokens": done * self.tokens_per_step,
+                       "epochs": round(done * self.tokens_per_step / self.unique_tokens, 6),
+                       "step": done, "train_loss": loss, "lr": lr,
+                       "tokens_per_s": round(tok_s, 1),
+                       "mfu": round(tok_s * flops_tok / peak, 4)}
+                if is_eval:
+                    rec["val_loss"] = self.validate()
+                if is_log:
+                    self.log(rec)
+                if is_ckpt:
+                    self.save_kept_checkpoint(done)
+                if due_save:
+                    self.save_state(done)
+                    last_save = time.time()
+                if bar is not None:
+                    bar.update(1)
+                    post = {"loss": f"{loss:.3f}", "tok/s": f"{tok_s:,.0f}"}
+                    if "val_loss" in rec:
+                        post["val"] = f"{rec['val_loss']:.3f}"
+                    bar.set_postfix(post)
+                t_mark, step_mark = time.perf_counter(), done
+                if cfg.stop_after_steps and ran >= cfg.stop_after_steps and done < self.steps:
+                    return {"steps": done, "resumed_from": start, "done": False}
+        finally:
+            if bar is not None:
+                bar.close()
+        return {"steps": self.steps, "resumed_from": start, "done": True,
+                "final_state_step": step + 1}
+
+
+def train(corpus: str | os.PathLike, out: str | os.PathLike, model_cfg: ModelConfig,
+          cfg: TrainConfig) -> dict:
+    """Train (or resume) a run; returns a small summary."""
+    d = setup_dist()
+    try:
+        return Trainer(corpus, out, model_cfg, cfg, d).fit()
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,640 @@
+"""Generation: AR with a KV cache, DLM samplers and caches, backends, and `codediff generate`.
+
+Models are tiny and random (built here, float64 so equalities are exact); the tokenizer is a
+small byte-level BPE trained here on standard-library source.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codediff import ar_sampling, dlm_sampling
+from codediff.ar_sampling import ARSettings, cut_at_stop, generate_ar
+from codediff.backends import NativeBackend, ShiftedView, load_backend, native_backend
+from codediff.dlm_sampling import DLMSettings, generate_dlm
+from codediff.model import ModelConfig, Transformer
+from codediff.samplers import CommitRule
+
+EOT, MASK, PAD = 0, 1, 2
+CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def tok():
+    import textwrap as tw
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, show_progress=False,
+                                  special_tokens=["<|endoftext|>", "<|mask|>", "<|pad|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    t.train_from_iterator([inspect.getsource(m) for m in (tw, json.encoder, inspect)], trainer)
+    assert t.token_to_id("<|mask|>") == MASK
+    return t
+
+
+def make_model(vocab: int, causal: bool, seed: int = 0, sharp: float = 30.0) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab, n_layer=2, n_head=4, d_model=64, max_seq_len=512,
+                      causal=causal)
+    m = Transformer(cfg).double().eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(sharp)  # peaky predictions: confidences spread over (0, 1)
+    return m
+
+
+def backend_for(tok, objective: str, causal: bool | None = None, seed: int = 0, **kw
+                ) -> NativeBackend:
+    causal = objective == "ar" if causal is None else causal
+    model = make_model(tok.get_vocab_size(), causal, seed, **kw)
+    meta = {"objective": objective, "mask_id": MASK, "eot_id": EOT, "pad_id": PAD}
+    return native_backend(model, tok, meta, device=CPU, dtype=torch.float64)
+
+
+PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Point:\n    def __init__(self"]
+
+
+def encode(tok, texts=PROMPTS):
+    return [tok.encode(t, add_special_tokens=False).ids for t in texts]
+
+
+def gens(n: int, seed: int = 0) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- AR
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_ar_kv_cache_equals_no_cache_token_for_token(tok, temperature):
+    b = backend_for(tok, "ar")
+    prompts = encode(tok)
+    assert len({len(p) for p in prompts}) > 1  # a padded batch
+    s = dict(max_new_tokens=24, temperature=temperature, top_k=20, top_p=0.95)
+    cached = generate_ar(b, prompts, ARSettings(**s), generators=gens(3))
+    plain = generate_ar(b, prompts, ARSettings(**s, use_cache=False), generators=gens(3))
+    assert [x.ids for x in cached] == [x.ids for x in plain]
+    assert all(len(x.ids) > 0 for x in cached)
+    # the cache saves work: same forwards, far fewer FLOPs
+    assert [x.nfe for x in cached] == [x.nfe for x in plain]
+    assert all(c.flops < p.flops for c, p in zip(cached, plain, strict=True))
+
+
+def test_ar_batched_equals_unbatched(tok):
+    b = backend_for(tok, "ar")
+    prompts = encode(tok)
+    s = ARSettings(max_new_tokens=20, temperature=0.8)
+    batched = generate_ar(b, prompts, s, generators=gens(3, 7))
+    for i, p in enumerate(prompts):
+        alone = generate_ar(b, [p], s, generators=[torch.Generator().manual_seed(7 + i)])
+        assert alone[0].ids == batched[i].ids
+
+
+def test_ar_stops_at_stop_sequence_and_eos(tok):
+    b = backend_for(tok, "ar")
+    prompt = encode(tok)[:1]
+    free = generate_ar(b, prompt, ARSettings(max_new_tokens=30))[0]
+    assert free.stop_reason == "length" and len(free.ids) == 30
+    stop = free.raw[len(free.raw) // 2: len(free.raw) // 2 + 3]
+    assert stop
+    cut = generate_ar(b, prompt, ARSettings(max_new_tokens=30), stop_sequences=[stop])[0]
+    assert cut.stop_reason == "stop"
+    assert cut.completion == free.raw[: free.raw.find(stop)]
+    assert cut.nfe < free.nfe and cut.tokens <= len(cut.ids)
+    # declare the 4th generated token to be end-of-text: generation stops right before it
+    b.eos_ids = [free.ids[3]]
+    eos = generate_ar(b, prompt, ARSettings(max_new_tokens=30))[0]
+    first = free.ids.index(free.ids[3])
+    assert eos.ids == free.ids[:first] and eos.stop_reason == "eos"
+
+
+def test_cut_at_stop_takes_the_earliest():
+    assert cut_at_stop("a\ndef b\nclass C", ["\nclass", "\ndef"]) == ("a", True)
+    assert cut_at_stop("abc", ["x"]) == ("abc", False)
+
+
+# ----------------------------------------------------------------------------- DLM reference
+
+def llada_reference(logits_fn, prompt: torch.Tensor, steps: int, gen_length: int,
+                    block_length: int, mask_id: int) -> torch.Tensor:
+    """LLaDA's `generate` (low_confidence, temperature 0, no CFG), written from the paper's
+    algorithm: blocks left to right, steps split evenly, top-k confident masks committed."""
+    B, L = prompt.shape
+    x = torch.full((B, L + gen_length), mask_id, dtype=torch.long)
+    x[:, :L] = prompt
+    n_blocks = gen_length // block_length
+    per_block = steps // n_blocks
+    for nb in range(n_blocks):
+        lo, hi = L + nb * block_length, L + (nb + 1) * block_length
+        n_mask = (x[:, lo:hi] == mask_id).sum(dim=1)
+        counts = torch.zeros(B, per_block, dtype=torch.long) + (n_mask // per_block)[:, None]
+        for j in range(B):
+            counts[j, : int(n_mask[j] % per_block)] += 1
+        for i in range(per_block):
+            mask_index = x == mask_id
+            logits = logits_fn(x)
+            x0 = logits.argmax(dim=-1)
+            p = F.softmax(logits, dim=-1)
+            x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)
+            x0_p[:, hi:] = float("-inf")
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, torch.tensor(float("-inf"),
+                                                                     dtype=x0_p.dtype))
+            for j in range(B):
+                _, sel = torch.topk(confidence[j], k=int(counts[j, i]))
+                x[j, sel] = x0[j, sel]
+    return x
+
+
+class NoMaskPrediction(NativeBackend):
+    """The same model with the mask token's logit removed (a trained DLM never predicts it)."""
+
+    def forward(self, idx, **kw):
+        out = super().forward(idx, **kw).clone()
+        out[..., MASK] = float("-inf")
+        return out
+
+
+def as_no_mask(b: NativeBackend) -> NoMaskPrediction:
+    nb = NoMaskPrediction.__new__(NoMaskPrediction)
+    nb.__dict__.update(b.__dict__)
+    return nb
+
+
+@pytest.mark.parametrize("steps,block", [(32, 8), (16, 8), (32, 32), (8, 16)])
+def test_low_confidence_equals_llada_reference_loop(tok, steps, block):
+    b = as_no_mask(backend_for(tok, "mdm"))
+    b.eos_ids = []  # compare every generated position
+    prompts = encode(tok, ["def f(x):\n    return x", "for i in range(10):\n  "])
+    n = min(len(p) for p in prompts)
+    prompts = [p[:n] for p in prompts]  # the reference loop takes unpadded prompts
+    ref = llada_reference(lambda x: b.forward(x), torch.tensor(prompts), steps, 32, block, MASK)
+    s = DLMSettings(gen_length=32, block_length=block, steps=steps,
+                    rule=CommitRule("low_confidence"), early_stop=False)
+    out = generate_dlm(b, prompts, s)
+    assert [o.ids for o in out] == ref[:, n:].tolist()
+    assert all(o.nfe == steps for o in out)
+
+
+# ----------------------------------------------------------------------------- DLM rules
+
+class Recorder(NativeBackend):
+    """Records every full-sequence input, to see which positions each step committed."""
+
+    def forward(self, idx, **kw):
+        self.seen.append(idx.clone())
+        return super().forward(idx, **kw)
+
+
+def recording(b: NativeBackend) -> Recorder:
+    r = Recorder.__new__(Recorder)
+    r.__dict__.update(b.__dict__)
+    r.seen = []
+    return r
+
+
+def test_threshold_tau_one_commits_one_token_per_step(tok):
+    b = backend_for(tok, "mdm")
+    b.eos_ids = []
+    s = DLMSettings(gen_length=24, block_length=8, rule=CommitRule("threshold", tau=1.0),
+                    early_stop=False)
+    for o in generate_dlm(b, encode(tok), s):
+        assert o.extra["committed"] == [1] * 24 and o.nfe == 24 and len(o.ids) == 24
+
+
+@pytest.mark.parametrize("name", ["threshold", "factor", "entropy_bounded", "low_confidence",
+                                  "random", "margin", "entropy"])
+def test_commits_stay_in_the_current_block_and_fill_everything(tok, name):
+    b = recording(backend_for(tok, "mdm"))
+    b.eos_ids = []
+    G, BL = 24, 8
+    rule = CommitRule(name, tau=0.3, factor=2.0, gamma=1.0)
+    s = DLMSettings(gen_length=G, block_length=BL, steps=12, rule=rule, temperature=0.5,
+                    early_stop=False)
+    prompts = encode(tok)
+    out = generate_dlm(b, prompts, s, generators=gens(3))
+    P = max(len(p) for p in prompts)
+    frames = b.seen + [None]
+    final = torch.tensor([[0] * P + o.ids for o in out])
+    for i, x in enumerate(b.seen):
+        nxt = frames[i + 1] if frames[i + 1] is not None else final
+        changed = (x != nxt) & (x == MASK)
+        masked_gen = x[:, P:] == MASK
+        for r in range(3):
+            if not changed[r].any():
+                continue
+            # the current block of row r: the first block that still has masks
+            blk = int(masked_gen[r].nonzero()[0]) // BL
+            cols = changed[r].nonzero().flatten() - P
+            assert cols.min() >= blk * BL and cols.max() < (blk + 1) * BL
+    for o in out:
+        assert len(o.ids) == G and MASK not in o.ids  # every position filled
+    if name == "threshold":
+        assert max(max(o.extra["committed"]) for o in out) > 1  # some steps commit several
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("name", ["threshold", "low_confidence"])
+def test_dlm_batched_equals_unbatched(tok, cache, name):
+    b = backend_for(tok, "mdm")
+    s = DLMSettings(gen_length=16, block_length=8, steps=8, rule=CommitRule(name, tau=0.6),
+                    temperature=0.7, cache=cache)
+    prompts = encode(tok)
+    batched = generate_dlm(b, prompts, s, generators=gens(3, 11))
+    for i, p in enumerate(prompts):
+        alone = generate_dlm(b, [p], s, generators=[torch.Generator().manual_seed(11 + i)])
+        assert alone[0].ids == batched[i].ids
+        assert alone[0].nfe == batched[i].nfe
+
+
+@pytest.mark.parametrize("name", ["low_confidence", "threshold"])
+def test_caches_are_exact_for_a_causal_model(tok, name):
+    # with causal attention a position's keys never depend on later tokens, so the prefix cache
+    # and the dual cache read exactly what a full recomputation would compute
+    b = backend_for(tok, "mdm", causal=True)
+    b.eos_ids = []
+    outs = {}
+    for cache in ("none", "prefix", "dual"):
+        s = DLMSettings(gen_length=24, block_length=8, steps=24,
+                        rule=CommitRule(name, tau=0.5), cache=cache, early_stop=False)
+        outs[cache] = generate_dlm(b, encode(tok), s)
+    ids = {c: [o.ids for o in v] for c, v in outs.items()}
+    assert ids["none"] == ids["prefix"] == ids["dual"]
+    # same steps, less work per step
+    for n, p, d in zip(outs["none"], outs["prefix"], outs["dual"], strict=True):
+        assert n.nfe == p.nfe == d.nfe
+        assert d.flops < p.flops < n.flops
+
+
+def test_caches_are_exact_with_one_step_per_block(tok):
+    # each block is decided by the full forward at its start, which every cache mode runs
+    b = backend_for(tok, "mdm")
+    b.eos_ids = []
+    res = []
+    for cache in ("none", "prefix", "dual"):
+        s = DLMSettings(gen_length=24, block_length=8, steps=3, cache=cache, early_stop=False)
+        res.append([o.ids for o in generate_dlm(b, encode(tok), s)])
+    assert res[0] == res[1] == res[2]
+
+
+def test_dlm_early_stop_at_eos_and_stop_sequence(tok):
+    b = backend_for(tok, "mdm")
+    b.eos_ids = []
+    s = DLMSettings(gen_length=32, block_length=8, steps=32, early_stop=False)
+    prompt = encode(tok)[:1]
+    full = generate_dlm(b, prompt, s)[0]
+    # pretend the token at position 9 is end-of-text: the answer ends there and later blocks
+    # are never decoded
+    b.eos_ids = [full.ids[9]]
+    first = full.ids.index(full.ids[9])
+    es = DLMSettings(gen_length=32, block_length=8, steps=32, early_stop=True)
+    out = generate_dlm(b, prompt, es)[0]
+    assert out.ids == full.ids[:first] and out.stop_reason == "eos"
+    assert out.nfe < full.nfe
+    # a stop sequence inside the decided prefix also ends decoding
+    b.eos_ids = []
+    stop = full.raw[4:7]
+    cut = generate_dlm(b, prompt, es, stop_sequences=[stop])[0]
+    assert cut.completion == full.raw[: full.raw.find(stop)] and cut.stop_reason == "stop"
+    assert cut.nfe < full.nfe
+
+
+def test_eos_suppression_options(tok):
+    b = backend_for(tok, "mdm")
+    s = DLMSettings(gen_length=16, block_length=16, steps=16, early_stop=False)
+    prompt = encode(tok)[:1]
+    base = generate_dlm(b, prompt, s)[0]
+    b.eos_ids = [base.ids[0]] if base.ids else [5]
+    never = generate_dlm(b, prompt, DLMSettings(gen_length=16, block_length=16, steps=16,
+                                                logits_eos_inf=True, early_stop=False))[0]
+    assert b.eos_ids[0] not in never.ids and len(never.ids) == 16
+    last = generate_dlm(b, prompt, DLMSettings(gen_length=16, block_length=16, steps=16,
+                                               confidence_eos_inf=True, early_stop=False))[0]
+    assert last.nfe == 16
+
+
+# ----------------------------------------------------------------------------- conventions
+
+def test_dream_shift_turns_a_causal_model_into_left_to_right_decoding(tok):
+    # Read through the Dream convention, a causal LM's logits at position i - 1 predict token i,
+    # so one-token blocks with one step each reproduce AR greedy decoding token for token.
+    ar = backend_for(tok, "ar")
+    dream = ShiftedView(ar, MASK)
+    prompts = encode(tok)
+    want = generate_ar(ar, prompts, ARSettings(max_new_tokens=12))
+    got = generate_dlm(dream, prompts, DLMSettings(gen_length=12, block_length=1, steps=12))
+    assert [g.ids for g in got] == [w.ids for w in want]
+    # and without the shift the same model decodes something else
+    wrong = generate_dlm(ar, prompts, DLMSettings(gen_length=12, block_length=1, steps=12))
+    assert [w.ids for w in wrong] != [w.ids for w in want]
+
+
+# ----------------------------------------------------------------------------- HF backends
+
+@pytest.fixture(scope="module")
+def llama_dir(tok, tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    d = tmp_path_factory.mktemp("llama")
+    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64,
+                                   intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=256, eos_token_id=EOT,
+                                   pad_token_id=PAD, bos_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    model.save_pretrained(d)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                                pad_token="<|pad|>", mask_token="<|mask|>")
+    fast.save_pretrained(d)
+    return d
+
+
+def test_hf_llama_generates_through_the_hf_backend(llama_dir, tok):
+    import transformers
+
+    b = load_backend(llama_dir, dtype="float64")
+    assert b.name == "hf" and b.kind == "ar" and EOT in b.eos_ids
+    prompts = [b.tokenizer.encode(t) for t in PROMPTS]
+    out = generate_ar(b, prompts, ARSettings(max_new_tokens=10))
+    assert all(o.nfe >= 1 and o.flops > 0 for o in out)
+    # equals transformers' own greedy generate, prompt by prompt
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float64)
+    for p, o in zip(prompts, out, strict=True):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False,
+                             eos_token_id=EOT, pad_token_id=PAD)[0, len(p):].tolist()
+        if EOT in ref:
+            ref = ref[: ref.index(EOT)]
+        assert o.ids == ref
+    # the cache equals recomputation, and the padded batch equals one-at-a-time
+    plain = generate_ar(b, prompts, ARSettings(max_new_tokens=10, use_cache=False))
+    assert [o.ids for o in plain] == [o.ids for o in out]
+    alone = [generate_ar(b, [p], ARSettings(max_new_tokens=10))[0].ids for p in prompts]
+    assert alone == [o.ids for o in out]
+
+
+def test_hf_dream_convention_is_honoured(llama_dir):
+    ar = load_backend(llama_dir, dtype="float64")
+    dream = load_backend(llama_dir, dtype="float64", kind="dlm", convention="dream", mask_id=MASK)
+    assert dream.kind == "dlm" and dream.convention == "dream" and dream.mask_id == MASK
+    prompts = [ar.tokenizer.encode(PROMPTS[0])]
+    want = generate_ar(ar, prompts, ARSettings(max_new_tokens=8))[0].ids
+    got = generate_dlm(dream, prompts, DLMSettings(gen_length=8, block_length=1, steps=8))[0].ids
+    assert got == want
+    llada = load_backend(llama_dir, dtype="float64", kind="dlm", convention="llada",
+                         mask_id=MASK)
+    aligned = generate_dlm(llada, prompts, DLMSettings(gen_length=8, block_length=1, steps=8))
+    assert aligned[0].ids != want
+
+
+def test_vllm_backend_is_import_guarded(llama_dir):
+    from codediff.errors import UserError
+
+    try:
+        import vllm  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(UserError, match="vLLM"):
+            load_backend(llama_dir, backend="vllm")
+    else:  # pragma: no cover - only where vLLM is installed
+        pytest.skip("vLLM is installed")
+
+
+# ----------------------------------------------------------------------------- the command
+
+def save_native(tok, tmp_path: Path, objective: str) -> Path:
+    from codediff.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_head=4, d_model=64,
+                      max_seq_len=512, causal=objective == "ar")
+    model = Transformer(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    d = tmp_path / f"{objective}-run" / "checkpoints" / "tokens-1000"
+    save_checkpoint(model, tok, d, {"objective": objective, "mask_id": MASK, "eot_id": EOT,
+                                    "pad_id": PAD, "tokens": 1000, "epochs": 1.0})
+    return d.parent.parent
+
+
+def cli(*args: str) -> int:
+    from codediff.cli import main
+
+    return main(["generate", "--no-progress", *map(str, args)])
+
+
+def read_jsonl(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective,extra", [
+    ("ar", ["--max-new-tokens", "16", "--temperature", "0.8"]),
+    ("mdm", ["--sampler", "threshold", "--tau", "0.5", "--gen-length", "16",
+             "--block-length", "8", "--cache", "dual", "--temperature", "0.8"]),
+])
+def test_generate_command_writes_samples_and_sidecar(tok, tmp_path, objective, extra):
+    from harness.tasks import load_task
+
+    run = save_native(tok, tmp_path, objective)
+    out = tmp_path / "samples.jsonl"
+    assert cli("--model", run, "--task", "humaneval", "--limit", "3", "--n", "2",
+               "--batch-size", "4", "--out", out, *extra) == 0
+    rows = read_jsonl(out)
+    assert [(r["task_id"], r["completion_id"]) for r in rows] == [
+        (f"HumanEval/{i}", c) for i in range(3) for c in range(2)]
+    for r in rows:
+        assert isinstance(r["completion"], str) and r["nfe"] >= 1 and r["seconds"] > 0
+        assert r["flops"] > 0 and "\ndef " not in r["completion"]
+    meta = json.loads((tmp_path / "samples.meta.json").read_text())
+    assert meta["schema"] == "codediff.samples/1" and meta["samples"] == 6
+    assert meta["model"]["objective"] == objective and meta["prompt_format"] == "completion"
+    assert meta["sampler"]["mode"] == ("ar" if objective == "ar" else "dlm")
+    # HumanEval prompts end with a bare newline: token healing takes it back by default
+    assert meta["sampler"]["token_healing"] is True
+    assert all(r.get("healed") == "\n" for r in rows)
+    assert meta["totals"]["nfe"] == sum(r["nfe"] for r in rows)
+    assert not list(tmp_path.glob("*.partial*"))
+    # the judge can turn every sample into a program
+    task = load_task("humaneval")
+    by_id = task.by_id()
+    for r in rows:
+        assert task.program_for(by_id[r["task_id"]], completion=r["completion"]).startswith(
+            by_id[r["task_id"]].prompt)
+    # a second identical run has nothing to do; different settings are refused
+    assert cli("--model", run, "--task", "humaneval", "--limit", "3", "--n", "2",
+               "--batch-size", "4", "--out", out, *extra) == 0
+    assert cli("--model", run, "--task", "humaneval", "--limit", "3", "--n", "3",
+               "--out", out, *extra) == 2
+
+
+def test_generate_resumes_after_interruption(tok, tmp_path, monkeypatch):
+    from codediff import generate
+
+    run = save_native(tok, tmp_path, "mdm")
+    args = ["--model", run, "--task", "humaneval", "--limit", "4", "--n", "2", "--batch-size",
+            "3", "--gen-length", "16", "--block-length", "8", "--sampler", "threshold",
+            "--temperature", "0.9", "--cache", "prefix"]
+    ref = tmp_path / "ref.jsonl"
+    assert cli(*args, "--out", ref) == 0
+    out = tmp_path / "samples.jsonl"
+    real = generate._run_batch
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(generate, "_run_batch", flaky)
+    assert cli(*args, "--out", out) == 130
+    part = tmp_path / "samples.jsonl.partial"
+    assert len(read_jsonl(part)) == 3 and not out.exists()
+    with open(part, "a") as f:
+        f.write('{"task_id": "HumanEval/9", "compl')  # a torn line from a kill
+    monkeypatch.setattr(generate, "_run_batch", real)
+    assert cli(*args, "--out", out) == 0
+    key = lambda r: (r["task_id"], r["completion_id"], r["completion"])  # noqa: E731
+    assert [key(r) for r in read_jsonl(out)] == [key(r) for r in read_jsonl(ref)]
+
+
+def test_generate_rejects_bad_options_before_writing(tok, tmp_path, capsys):
+    run = save_native(tok, tmp_path, "mdm")
+    out = tmp_path / "s.jsonl"
+    assert cli("--model", run, "--task", "humaneval", "--gen-length", "30", "--block-length",
+               "8", "--out", out) == 2
+    assert "multiple of" in capsys.readouterr().err
+    assert cli("--model", tmp_path / "nope", "--task", "humaneval", "--out", out) == 2
+    assert cli("--model", run, "--task", "nosuchtask", "--out", out) == 2
+    assert cli("--model", run, "--task", "humaneval", "--out", tmp_path / "x" / "s.jsonl") == 2
+    assert not list(tmp_path.glob("s.*"))
+
+
+def test_generate_under_torchrun_shards_and_merges(tok, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed")
+    run = save_native(tok, tmp_path, "ar")
+    common = ["--model", str(run), "--task", "humaneval", "--limit", "5", "-n", "2",
+              "--max-new-tokens", "8", "--temperature", "0.7", "--no-progress"]
+    single = tmp_path / "single.jsonl"
+    assert cli(*common[:-1], "--out", single) == 0
+    multi = tmp_path / "multi.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    import socket
+
+    with socket.socket() as sock:  # a free port, so concurrent test runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(port),
+                           "-m", "codediff.cli", "generate", *common, "--out", str(multi)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    key = lambda r: (r["task_id"], r["completion_id"], r["completion"])  # noqa: E731
+    assert [key(r) for r in read_jsonl(multi)] == [key(r) for r in read_jsonl(single)]
+    assert json.loads((tmp_path / "multi.meta.json").read_text())["world_size"] == 2
+
+
+def test_modules_import_light():
+    # the CLI module must not pull in torch (cli.py imports it to build the parser)
+    code = ("import sys, codediff.generate_cli; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_helpers():
+    assert ar_sampling.tokens_for(type("T", (), {"decode": lambda self, ids: "ab" * len(ids)})(),
+                                  [1, 2, 3], "abab") == 2
+    with pytest.raises(ValueError):
+        DLMSettings(gen_length=30, block_length=8)
+    with pytest.raises(ValueError):
+        DLMSettings(gen_length=32, block_length=8, steps=6)
+    assert DLMSettings(gen_length=32, block_length=8).steps_per_block == 8
+    assert dlm_sampling.CACHES == ("none", "prefix", "dual")
+
+
+# ----------------------------------------------------------------------------- export
+
+def test_export_loads_in_the_llada_convention(tok, tmp_path):
+    pytest.importorskip("transformers")
+    from codediff.export import main as export_main
+
+    run = save_native(tok, tmp_path, "mdm")
+    out = tmp_path / "exported"
+    assert export_main([str(run), str(out)]) == 0
+    assert export_main([str(run), str(out)]) == 2  # refuses to overwrite silently
+    native = load_backend(run, dtype="float64")
+    hf = load_backend(out, dtype="float64", trust_remote_code=True)
+    assert hf.name == "hf" and hf.kind == "dlm" and hf.convention == "llada"
+    assert hf.mask_id == MASK and EOT in hf.eos_ids
+    prompts = encode(tok)
+    assert [hf.tokenizer.encode(t) for t in PROMPTS] == prompts
+    x = torch.tensor([prompts[0] + [MASK] * 8])
+    assert torch.allclose(hf.forward(x), native.forward(x), atol=1e-10)
+    s = DLMSettings(gen_length=16, block_length=8, steps=16, temperature=0.5)
+    a = generate_dlm(native, prompts, s, generators=gens(3))
+    b = generate_dlm(hf, prompts, s, generators=gens(3))
+    assert [o.ids for o in a] == [o.ids for o in b]
+    ar_run = save_native(tok, tmp_path / "ar", "ar")
+    assert export_main([str(ar_run), str(tmp_path / "ar-export")]) == 2
+
+
+# ----------------------------------------------------------------------------- token healing
+
+def test_heal_prompts_takes_back_a_token_that_others_extend(tok):
+    from codediff.ar_sampling import heal_prompts
+    from codediff.backends import NativeTokenizer
+
+    nt = NativeTokenizer(tok)
+    ends_nl, plain = encode(tok, ["import os\n", "x = f(a"])
+    assert tok.decode([ends_nl[-1]]) == "\n"
+    h = heal_prompts(nt, [ends_nl, plain])
+    assert h.prompts[0] == ends_nl[:-1] and h.prefix[0] == "\n"
+    allowed = [tok.decode([i]) for i in h.allowed[0]]
+    assert len(allowed) > 1 and all(a.startswith("\n") for a in allowed)
+    assert any(a.startswith("\n ") for a in allowed)  # newline + indentation is one token
+    if h.prefix[1]:  # "a" is extended by other tokens too: same rule
+        assert all(tok.decode([i]).startswith(h.prefix[1]) for i in h.allowed[1])
+    m = h.mask(tok.get_vocab_size(), CPU)
+    assert m[0].sum() == len(h.allowed[0])
+
+
+@pytest.mark.parametrize("kind", ["ar", "dlm"])
+def test_token_healing_in_both_loops(tok, kind):
+    b = backend_for(tok, "ar" if kind == "ar" else "mdm")
+    prompts = encode(tok, ["import os\n", "def f(x):\n    return", "class A:\n"])
+    stops = ["\n\n"]
+
+    def run(ps, g):
+        if kind == "ar":
+            return generate_ar(b, ps, ARSettings(max_new_tokens=16, temperature=0.8), stops, g,
+                               heal=True)
+        s = DLMSettings(gen_length=16, block_length=8, rule=CommitRule("threshold", tau=0.5),
+                        temperature=0.8)
+        return generate_dlm(b, ps, s, stops, g, heal=True)
+
+    out = run(prompts, gens(3))
+    for o in out:
+        pre = o.extra.get("healed", "")
+        if pre and o.ids:
+            assert tok.decode([o.ids[0]]).startswith(pre)
+            assert tok.decode(o.ids).startswith(pre) and not o.raw.startswith(pre * 2)
+        assert o.completion == cut_at_stop(o.raw, stops)[0]
+    assert out[0].extra.get("healed") == "\n"
+    # healing keeps rows independent of their batch
+    for i, p in enumerate(prompts):
+        assert run([p], gens(1, i))[0].ids == out[i].ids
