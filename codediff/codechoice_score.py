@@ -60,15 +60,21 @@ def score_choices(model, tokenizer, meta: dict, rows: list[dict], *, method: str
                   progress: bool = False) -> dict:
     from tqdm import tqdm
 
+    from codediff.checkpoints import unwrap
     from codediff.likelihood import rank, score
 
     objective = meta["objective"]
-    correct, correct_norm, per_task = 0, 0, {}
+    window = unwrap(model).config.max_seq_len
+    correct, correct_norm, per_task, skipped, n = 0, 0, {}, 0, 0
     t0 = time.time()
     used = method
     for i, r in enumerate(tqdm(rows, desc="code choice", disable=not progress)):
         ctx = tokenizer.encode(r["context"]).ids
         opts = [tokenizer.encode(o).ids for o in r["options"]]
+        if max(len(o) for o in opts) >= window:
+            skipped += 1  # an option longer than the model's window cannot be scored whole
+            continue
+        n += 1
         scores = score(model, ctx, opts, objective=objective, method=method,
                        mask_id=meta.get("mask_id"), samples=samples, seed=seed + i,
                        pad_id=meta.get("pad_id", 0), batch_size=batch_size)
@@ -80,9 +86,10 @@ def score_choices(model, tokenizer, meta: dict, rows: list[dict], *, method: str
         t = per_task.setdefault(r["task"], {"n": 0, "correct": 0})
         t["n"] += 1
         t["correct"] += ok
-    n = len(rows)
+    if n == 0:
+        raise UserError(f"no code-choice row fits the model's window of {window} tokens")
     acc = correct / n
-    return {"schema": SCHEMA, "n": n, "accuracy": acc,
+    return {"schema": SCHEMA, "n": n, "skipped_too_long": skipped, "accuracy": acc,
             "stderr": math.sqrt(acc * (1 - acc) / n), "accuracy_per_token": correct_norm / n,
             "chance": 1 / len(rows[0]["options"]), "method": used,
             "samples": samples if used == "elbo" else 1, "per_task": per_task,
@@ -112,5 +119,6 @@ def run(args: argparse.Namespace) -> int:
     tmp.write_text(json.dumps(res, indent=1) + "\n")
     os.replace(tmp, out)
     print(f"{args.model}: {100 * res['accuracy']:.1f}% ± {100 * res['stderr']:.1f} "
-          f"({res['method']}, n={res['n']}, chance {100 * res['chance']:.0f}%)")
+          f"({res['method']}, n={res['n']}, {res['skipped_too_long']} rows longer than the "
+          f"window skipped, chance {100 * res['chance']:.0f}%)")
     return 0
