@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "evaluate); LABEL=DIR sets the column name")
     parser.add_argument("--runs", nargs="*", default=[], help="run dirs (codediff train) for "
                         "training curves; LABEL=DIR sets the legend")
+    parser.add_argument("--choices", nargs="*", default=[], help="code-choice score files "
+                        "(codediff score, bench/crossover.py choice.json)")
+    parser.add_argument("--notes", default=None, help="a text file shown under the title")
     parser.add_argument("--out", required=True, help="HTML file to write")
     parser.add_argument("--title", default=None)
     parser.add_argument("--leaderboard", action="store_true",
@@ -31,20 +34,26 @@ def _split(spec: str) -> tuple[str | None, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reports.load import load_result, load_run
+    from reports.load import load_choice_scores, load_result, load_run
     from reports.render import render_leaderboard, render_report, write_atomic
 
-    if not args.results and not args.runs:
-        raise UserError("nothing to report: pass --results DIR... and/or --runs DIR...")
+    if not args.results and not args.runs and not args.choices:
+        raise UserError("nothing to report: pass --results DIR..., --runs DIR... or --choices")
     if args.leaderboard and not args.results:
         raise UserError("--leaderboard needs --results DIR...")
     results = [load_result(p, label) for label, p in map(_split, args.results)]
     runs = [load_run(p, label) for label, p in map(_split, args.runs)]
+    choices = [row for p in args.choices for row in load_choice_scores(p)]
+    notes = ""
+    if args.notes:
+        if not Path(args.notes).is_file():
+            raise UserError(f"--notes {args.notes}: no such file")
+        notes = Path(args.notes).read_text()
     out = Path(args.out)
     if args.leaderboard:
         html = render_leaderboard(results, args.title or "codediff leaderboard")
     else:
-        html = render_report(results, runs, args.title or "codediff report")
+        html = render_report(results, runs, args.title or "codediff report", choices, notes)
     write_atomic(out, html)
     print(f"wrote {out} ({len(results)} results, {len(runs)} runs)")
     return 0

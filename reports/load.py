@@ -100,3 +100,20 @@ def _objective_from_metrics(metrics: list[dict]) -> str | None:
         if "objective" in m:
             return m["objective"]
     return None
+
+
+def load_choice_scores(path: str | Path) -> list[dict]:
+    """Code-choice scores: a `codediff score` JSON file, or a list of them (bench/crossover.py)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--choices {path}: no such file; pass the JSON written by `codediff "
+                        "score` or bench/crossover.py")
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as e:
+        raise UserError(f"{p}: not valid JSON") from e
+    rows = data if isinstance(data, list) else [data]
+    for r in rows:
+        if not isinstance(r, dict) or r.get("schema") != "codediff.choice-score/1":
+            raise UserError(f"{p}: not a codediff.choice-score/1 file")
+    return rows

@@ -100,10 +100,31 @@ def _run_rows(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def render_report(results: list[Result], runs: list[Run], title: str) -> str:
+def _choice_chart(scores: list[dict]) -> dict | None:
+    if not scores:
+        return None
+    series: dict[str, list[tuple[float, float]]] = {}
+    for s in scores:
+        series.setdefault(s.get("objective", "?"), []).append((s.get("tokens") or 0,
+                                                              s["accuracy"]))
+    chance = scores[0].get("chance", 0.25)
+    xs = [x for pts in series.values() for x, _ in pts if x]
+    lines = [(k, sorted(v)) for k, v in sorted(series.items())]
+    if xs:
+        lines.append((f"chance {100 * chance:.0f}%", [(min(xs), chance), (max(xs), chance)]))
+    return {"title": "Code choice: reference vs 3 failing mutants, ranked by likelihood",
+            "svg": line_chart(lines, x_label="total tokens", y_label="accuracy", log_x=True,
+                              dashed={"ar"} | {name for name, _ in lines
+                                               if name.startswith("chance")}),
+            "rows": sorted(scores, key=lambda s: (s.get("objective", ""), s.get("tokens") or 0))}
+
+
+def render_report(results: list[Result], runs: list[Run], title: str,
+                  choices: list[dict] | None = None, notes: str = "") -> str:
     ctx = {"title": title, "results": [_result_row(r) for r in results],
            "matrix": _per_task_matrix(results), "curves": _curves(runs),
-           "runs": _run_rows(runs), "created": _now(), "version": __version__}
+           "runs": _run_rows(runs), "choice": _choice_chart(choices or []), "notes": notes,
+           "created": _now(), "version": __version__}
     return _env().get_template("report.html").render(**ctx)
 
 

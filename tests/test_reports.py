@@ -82,3 +82,24 @@ def test_report_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "no results.json" in err and not (tmp_path / "x.html").exists()
     assert main(["report", "--out", str(tmp_path / "x.html")]) == 2
+
+
+def test_published_crossover_report_renders_from_its_data(tmp_path):
+    """The reference report in reports/reference/ is rebuilt from the data kept beside it."""
+    from pathlib import Path
+
+    ref = Path(__file__).resolve().parent.parent / "reports" / "reference" / "crossover-tiny-5m"
+    out = tmp_path / "x.html"
+    assert main(["report", "--runs", f"AR={ref / 'ar'}", f"MDM={ref / 'mdm'}", "--choices",
+                 str(ref / "choice.json"), "--notes", str(ref / "NOTES.txt"), "--out",
+                 str(out)]) == 0
+    html = out.read_text()
+    assert "2.5825" in html and "5.8582" in html  # AR best and last validation NLL
+    assert "Code choice" in html and "46.0" in html and html.count("<svg") == 3
+
+
+def test_choices_file_must_be_a_score(tmp_path, capsys):
+    bad = tmp_path / "c.json"
+    bad.write_text('[{"accuracy": 1}]')
+    assert main(["report", "--choices", str(bad), "--out", str(tmp_path / "x.html")]) == 2
+    assert "codediff.choice-score/1" in capsys.readouterr().err
