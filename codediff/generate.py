@@ -190,8 +190,8 @@ def validate(cfg: GenerateConfig) -> None:
     if cfg.cache not in ("none", "prefix", "dual"):
         raise UserError("--cache must be none, prefix or dual")
     out = Path(cfg.out)
-    if not out.parent.exists():
-        raise UserError(f"--out {cfg.out}: folder {out.parent} does not exist; create it first")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UserError(f"--out {cfg.out}: {out.parent} is a file, not a folder")
     if out.exists() and out.is_dir():
         raise UserError(f"--out {cfg.out} is a folder; pass a file name like samples.jsonl")
 
@@ -271,6 +271,9 @@ def run_generate(cfg: GenerateConfig) -> Path:
         raise UserError(f"{out} exists from a run with other settings; pass --overwrite or "
                         "choose another --out")
     pmeta = _partial_meta(out)
+    if rank == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)  # validated above; now we write
+    _barrier(world)
     if cfg.overwrite and rank == 0:
         for p in _partials(out):
             p.unlink()

@@ -265,12 +265,16 @@ class Trainer:
         first_step = max(1, first // self.tokens_per_step)
         self.eval_steps = set(log_spaced_steps(first_step, self.steps, cfg.eval_points))
         self.ckpt_steps = set(log_spaced_steps(first_step, self.steps, cfg.checkpoint_points))
-        self.obj = ObjectiveConfig(name=cfg.objective, mask_id=c.mask_id, pad_id=c.pad_id,
-                                   eps=cfg.mdm_eps, t_sampling=cfg.t_sampling,
-                                   cut_prob=cfg.cut_prob,
-                                   ar_input_mask_prob=cfg.ar_input_mask_prob,
-                                   ar_input_noise_prob=cfg.ar_input_noise_prob,
-                                   vocab_size=model_cfg.vocab_size)
+        try:
+            self.obj = ObjectiveConfig(name=cfg.objective, mask_id=c.mask_id, pad_id=c.pad_id,
+                                       eps=cfg.mdm_eps, t_sampling=cfg.t_sampling,
+                                       cut_prob=cfg.cut_prob,
+                                       ar_input_mask_prob=cfg.ar_input_mask_prob,
+                                       ar_input_noise_prob=cfg.ar_input_noise_prob,
+                                       vocab_size=model_cfg.vocab_size)
+        except ValueError as e:
+            raise UserError(f"{e}; check --t-sampling / --ar-input-* and the corpus tokenizer") \
+                from None
         dev = self.d.device
         if cfg.dtype == "auto":
             self.amp_dtype = torch.bfloat16 if dev.type == "cuda" else None

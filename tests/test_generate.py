@@ -520,7 +520,8 @@ def test_generate_rejects_bad_options_before_writing(tok, tmp_path, capsys):
     assert "multiple of" in capsys.readouterr().err
     assert cli("--model", tmp_path / "nope", "--task", "humaneval", "--out", out) == 2
     assert cli("--model", run, "--task", "nosuchtask", "--out", out) == 2
-    assert cli("--model", run, "--task", "humaneval", "--out", tmp_path / "x" / "s.jsonl") == 2
+    (tmp_path / "afile").write_text("")
+    assert cli("--model", run, "--task", "humaneval", "--out", tmp_path / "afile" / "s.jsonl") == 2
     assert not list(tmp_path.glob("s.*"))
 
 

@@ -251,6 +251,27 @@ def test_clear_errors(corpus, tmp_path):
     assert r.returncode == 2 and "other settings" in r.stderr and "lr" in r.stderr
 
 
+def test_toml_and_command_line_override_the_preset(tmp_path):
+    import argparse
+
+    from codediff import train_cli
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('lr = 5e-4\n[model]\nn_layer = 3\nqk_norm = true\n'
+                    '[train]\nbatch_size = 64\nval_tokens = "2M"\n')
+    p = argparse.ArgumentParser()
+    train_cli.add_arguments(p)
+    args = p.parse_args(["--corpus", "c", "--objective", "mdm", "--out", "o", "--config",
+                         str(toml), "--total-tokens", "1.5B", "--n-layer", "4"])
+    model, train, explicit = train_cli.build_configs(args)
+    assert (model.n_layer, model.qk_norm, model.d_model) == (4, True, 384)  # CLI > TOML > preset
+    assert (train.lr, train.batch_size, train.val_tokens) == (5e-4, 64, 2_000_000)
+    assert train.total_tokens == 1_500_000_000 and train.objective == "mdm"
+    toml.write_text("[model]\nlayers = 3\n")
+    with pytest.raises(UserError, match="unknown key 'layers'"):
+        train_cli.build_configs(args)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_state(corpus, tmp_path):
     cfg = micro_train("ar", lr=1e30, grad_clip=0.0, warmup_steps=0, save_every_steps=1,
                       log_every=1)
