@@ -174,7 +174,8 @@ def plain_loop(cfg: ModelConfig, objective: str, batch: int, seq: int, device, c
 
     secs = time_steps(step, n_warm, n_time, repeats, device)
     if PROFILE["steps"]:
-        profile_steps(step, PROFILE["steps"], device, f"plain-{objective}", PROFILE["dir"])
+        profile_steps(step, PROFILE["steps"], device, f"plain-{cfg.d_model}d-{objective}",
+                      PROFILE["dir"])
     return secs
 
 
@@ -206,8 +207,8 @@ def codediff_loop(cfg: ModelConfig, objective: str, batch: int, seq: int, device
 
         secs = time_steps(step, n_warm, n_time, repeats, device)
         if PROFILE["steps"] and compile_mode == "default":
-            profile_steps(step, PROFILE["steps"], device, f"codediff-{objective}",
-                          PROFILE["dir"])
+            profile_steps(step, PROFILE["steps"], device,
+                          f"codediff-{cfg.d_model}d-{objective}", PROFILE["dir"])
         return secs
 
 
