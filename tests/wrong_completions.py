@@ -22,3 +22,20 @@ def mutant(body: str, i: int = 0) -> str | None:
 
 def syntax_error(body: str) -> str:
     return re.sub(r"\)\s*$", "", body.rstrip()) + " (\n"
+
+
+def mixed_samples(problems, *, syntax_errors: bool = False) -> list[dict]:
+    """Per HumanEval problem: the canonical body, one wrong body, and a one-operator mutant
+    (skipped for bodies with `while`, whose mutants may spin until the timeout); with
+    `syntax_errors`, every eighth problem also gets a broken body."""
+    rows = []
+    for i, p in enumerate(problems):
+        body = p.reference[len(p.prompt):]
+        rows.append({"task_id": p.task_id, "completion": body})
+        rows.append({"task_id": p.task_id, "completion": WRONG_BODIES[i % len(WRONG_BODIES)]})
+        m = mutant(body, i)
+        if m is not None and "while" not in body:
+            rows.append({"task_id": p.task_id, "completion": m})
+        if syntax_errors and i % 8 == 0:
+            rows.append({"task_id": p.task_id, "completion": syntax_error(body)})
+    return rows
