@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -48,8 +49,10 @@ def judge_showcase() -> None:
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"\n== 1. the judge: {len(rows)} HumanEval samples (canonical, wrong, one-operator "
           "mutants)", flush=True)
-    codediff("evaluate", "--task", "humaneval", "--samples", str(samples), "--out",
-             str(OUT / "results" / "judge-check"), "--k", "1,2")
+    check = OUT / "results" / "judge-check"
+    shutil.rmtree(check, ignore_errors=True)  # two seconds of work: always judged afresh
+    codediff("evaluate", "--task", "humaneval", "--samples", str(samples), "--out", str(check),
+             "--k", "1,2")
 
 
 def main() -> int:
