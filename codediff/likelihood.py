@@ -84,22 +84,40 @@ def _token_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
 
 
-def _masked_logp(model, rows: list[tuple[list[int], list[int]]], mask_id: int, pad_id: int,
-                 batch_size: int) -> list[float]:
-    """rows of (sequence, masked positions) -> sum of log p(true token) over those positions."""
+def _masked_logp(model, x0: torch.Tensor, am: torch.Tensor, sel: torch.Tensor, mask_id: int,
+                 batch_size: int) -> torch.Tensor:
+    """Rows of tokens `x0` [N, L] (real where `am`), positions `sel` masked -> float64 [N]: the
+    sum over masked positions of log p(true token). Only masked positions reach the softmax."""
     dev = _device(model)
-    out: list[float] = []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
-        x0, am = _padded([s for s, _ in chunk], pad_id, dev)
-        sel = torch.zeros_like(am)
-        for r, (_, pos) in enumerate(chunk):
-            sel[r, pos] = True
-        xt = torch.where(sel, mask_id, x0)
-        logits = model(xt, attention_mask=None if bool(am.all()) else am)
-        lp = torch.where(sel, _token_logp(logits, x0), 0.0)
-        out.extend(lp.double().sum(1).tolist())
-    return out
+    out = []
+    for i in range(0, x0.shape[0], batch_size):
+        xb, ab, sb = (t[i:i + batch_size].to(dev) for t in (x0, am, sel))
+        logits = model(torch.where(sb, mask_id, xb), attention_mask=None if bool(ab.all())
+                       else ab)
+        rows, cols = sb.nonzero(as_tuple=True)
+        lp = _token_logp(logits[rows, cols], xb[rows, cols]).double()
+        out.append(torch.zeros(sb.shape[0], dtype=torch.float64, device=dev)
+                   .index_add_(0, rows, lp).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _rows(context: list[int], continuations: list[list[int]], max_len: int, repeat: list[int],
+          pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """Each option's sequence `repeat[o]` times, right-padded: tokens, key mask, and per option
+    the first row and the continuation's start position."""
+    seqs = [_fit(context, c, max_len) for c in continuations]
+    width = max(len(s) for s in seqs)
+    n = sum(repeat)
+    x0 = torch.full((n, width), pad_id, dtype=torch.long)
+    am = torch.zeros((n, width), dtype=torch.bool)
+    first, starts, r = [], [], 0
+    for seq, c, k in zip(seqs, continuations, repeat, strict=True):
+        x0[r:r + k, :len(seq)] = torch.tensor(seq)
+        am[r:r + k, :len(seq)] = True
+        first.append(r)
+        starts.append(len(seq) - len(c))
+        r += k
+    return x0, am, first, starts
 
 
 @torch.no_grad()
@@ -113,18 +131,15 @@ def mdm_elbo(model, context: list[int], continuations: list[list[int]], *, mask_
     # stratified t: one draw per stratum of (0, 1), shared by all options
     t = eps + (1 - eps) * ((torch.rand(samples, generator=g) + torch.arange(samples)) / samples)
     u = torch.rand(samples, longest, generator=g)
-    rows, owner = [], []
+    masked = u < t[:, None]  # [samples, longest]: the same draws for every option
+    x0, am, first, starts = _rows(context, continuations, max_len,
+                                  [samples] * len(continuations), pad_id)
+    sel = torch.zeros_like(am)
     for o, c in enumerate(continuations):
-        seq = _fit(context, c, max_len)
-        start = len(seq) - len(c)
-        for m in range(samples):
-            pos = [start + j for j in range(len(c)) if u[m, j] < t[m]]
-            rows.append((seq, pos))
-            owner.append((o, m))
-    lps = _masked_logp(model, rows, mask_id, pad_id, batch_size)
-    per = torch.zeros(len(continuations), samples, dtype=torch.float64)
-    for (o, m), lp in zip(owner, lps, strict=True):
-        per[o, m] = lp / float(t[m])
+        r, s0 = first[o], starts[o]
+        sel[r:r + samples, s0:s0 + len(c)] = masked[:, :len(c)]
+    lps = _masked_logp(model, x0, am, sel, mask_id, batch_size)
+    per = (lps.view(len(continuations), samples) / t.double()[None, :])
     out = []
     for o, c in enumerate(continuations):
         est = per[o].mean().item()
@@ -136,17 +151,14 @@ def mdm_elbo(model, context: list[int], continuations: list[list[int]], *, mask_
 @torch.no_grad()
 def mdm_pll(model, context: list[int], continuations: list[list[int]], *, mask_id: int,
             max_len: int, pad_id: int = 0, batch_size: int = 32) -> list[Score]:
-    rows, owner = [], []
-    for o, c in enumerate(continuations):
-        seq = _fit(context, c, max_len)
-        start = len(seq) - len(c)
-        for j in range(len(c)):
-            rows.append((seq, [start + j]))
-            owner.append(o)
-    lps = _masked_logp(model, rows, mask_id, pad_id, batch_size)
-    total = [0.0] * len(continuations)
-    for o, lp in zip(owner, lps, strict=True):
-        total[o] += lp
+    x0, am, first, starts = _rows(context, continuations, max_len,
+                                  [len(c) for c in continuations], pad_id)
+    sel = torch.zeros_like(am)
+    for o, c in enumerate(continuations):  # row j of option o masks continuation token j
+        rows = torch.arange(len(c))
+        sel[first[o] + rows, starts[o] + rows] = True
+    lps = _masked_logp(model, x0, am, sel, mask_id, batch_size)
+    total = [float(lps[first[o]:first[o] + len(c)].sum()) for o, c in enumerate(continuations)]
     return [Score(total[o], 0.0, len(c), "pll") for o, c in enumerate(continuations)]
 
 
