@@ -108,7 +108,8 @@ class Sandbox:
         py = [_python_exe(), "-s", "-c", ZYGOTE_SOURCE]
         if self.unsafe:
             import tempfile
-            config["scratch"] = tempfile.mkdtemp(prefix="codediff-unsafe-")
+            self._unsafe_scratch = tempfile.mkdtemp(prefix="codediff-unsafe-")
+            config["scratch"] = self._unsafe_scratch
             return py + [json.dumps(config)]
         bw = bwrap_path()
         if bw is None:
@@ -171,6 +172,9 @@ class Sandbox:
         for f in (p.stdout, p.stderr):
             if f:
                 f.close()
+        if getattr(self, "_unsafe_scratch", None):  # unconfined runs scratch in the host's /tmp
+            shutil.rmtree(self._unsafe_scratch, ignore_errors=True)
+            self._unsafe_scratch = None
 
     def __enter__(self) -> Sandbox:
         self.start()

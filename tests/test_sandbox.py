@@ -196,3 +196,16 @@ def test_same_input_same_verdicts():
     first = [r["status"] for r in judge_programs(programs, workers=2)]
     second = [r["status"] for r in judge_programs(programs, workers=2)]
     assert first == second == ["passed", "failed", "syntax_error", "passed"]
+
+
+def test_unsafe_mode_judges_the_same_and_cleans_up(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    task = make_task(n=3)
+    judge = Judge(task, workers=1, unsafe=True)
+    jobs = [Job("0", "T/0", GOOD), Job("1", "T/1", "def f(x):\n    return x\n"),
+            Job("2", "T/2", "import os\nos._exit(0)\n")]
+    got = {j.key: v["status"] for j, v in judge.run(jobs)}
+    assert got == {"0": "passed", "1": "failed", "2": "crash"}
+    assert list(tmp_path.iterdir()) == []
