@@ -232,15 +232,18 @@ class Sandbox:
                 self._write({"op": "task", "key": task[0], "task": task[1]})
                 self.known_tasks.add(task[0])
             self._write(msg)
-            reply = self._read(deadline=time.monotonic() + timeout + 10)
+            deadline = time.monotonic() + timeout + 10
+            reply = self._read(deadline=deadline)
         except (BrokenPipeError, OSError):
-            reply = None
+            deadline, reply = 0.0, None
         if reply is None or reply.get("id") != self._ids:
-            # The zygote died (a sample killed it) or hung: the sample is to blame.
-            alive = self.proc is not None and self.proc.poll() is None
+            # The zygote died (a sample killed it) or hung: the sample is to blame. An answer
+            # that ended before the deadline means the pipe closed: the sandbox is dying even
+            # if its process has not been reaped yet.
+            hung = time.monotonic() >= deadline > 0
             self.close()
             self.restarts += 1
-            if alive:
+            if hung:
                 return {"status": "timeout", "detail": "sandbox stopped answering",
                         "seconds": timeout}
             return {"status": "crash", "detail": "the sample killed its sandbox", "seconds": 0.0}
