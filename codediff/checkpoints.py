@@ -18,26 +18,11 @@ from typing import Any
 import torch
 
 from codediff.errors import UserError
+from codediff.fileio import atomic_write_text  # noqa: F401 - re-exported
 from codediff.model import ModelConfig, Transformer
 
 CHECKPOINT_SCHEMA = "codediff.checkpoint/1"
 REQUIRED_META = ("objective", "mask_id", "eot_id", "pad_id", "tokens", "epochs")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

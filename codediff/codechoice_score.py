@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from codediff.errors import UserError
+from codediff.fileio import atomic_write_text
 
 SCHEMA = "codediff.choice-score/1"
 
@@ -113,11 +114,7 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed, batch_size=args.batch_size,
                         progress=sys.stderr.isatty())
     res.update(model=str(args.model), choices=str(args.choices))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    os.replace(tmp, out)
+    atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
     print(f"{args.model}: {100 * res['accuracy']:.1f}% ± {100 * res['stderr']:.1f} "
           f"({res['method']}, n={res['n']}, {res['skipped_too_long']} rows longer than the "
           f"window skipped, chance {100 * res['chance']:.0f}%)")

@@ -31,6 +31,7 @@ import torch
 
 from codediff import __version__
 from codediff.errors import UserError
+from codediff.fileio import atomic_write_text
 
 SCHEMA = "codediff.samples/1"
 
@@ -108,13 +109,7 @@ def _partials(out: Path) -> list[Path]:
                   + glob.glob(glob.escape(str(out)) + ".partial.rank*"))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+_atomic_write = atomic_write_text
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -20,6 +20,7 @@ import os
 import random
 from pathlib import Path
 
+from codediff.fileio import atomic_write_text
 from harness.judge import Job, Judge
 from harness.tasks import Problem, Task, load_task
 
@@ -179,9 +180,6 @@ def build(tasks: list[str], out: Path, *, data: str | os.PathLike | None = None,
                        "dataset_sha256": task.dataset.sha256}
     if limit is not None:
         rows = rows[:limit]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, out)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     return {"rows": len(rows), "per_task": stats, "sha256": digest}

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from codediff.errors import UserError
+from codediff.fileio import atomic_write_text
 from harness import __version__ as HARNESS_VERSION
 from harness.judge import Job, Judge
 from harness.passk import pass_at_k, reportable_ks
@@ -245,9 +246,7 @@ def _aggregate(task: Task, samples: list[Sample], rows: dict[str, dict], ks: lis
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def summary_table(r: dict) -> str:

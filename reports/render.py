@@ -9,6 +9,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from codediff import __version__
+from codediff.fileio import atomic_write_text
 from reports.load import Result, Run
 from reports.svg import line_chart
 
@@ -144,8 +145,4 @@ def _now() -> str:
     return t.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+write_atomic = atomic_write_text
