@@ -135,15 +135,61 @@ def profile_steps(step, n: int, device, label: str, out_dir: str | None) -> None
             break
         except (AttributeError, KeyError, ValueError):
             table = ""
-    text = f"== profile {label}: {n} steps ==\n{table}\n"
+    cpu = avg.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
+    text = f"== profile {label}: {n} steps ==\n{table}\n== by host time ==\n{cpu}\n"
     if not out_dir:
         print(text, flush=True)
     else:
-        with open(Path(out_dir) / f"profile-{label}.txt", "w") as f:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(out_dir) / "profiles.txt", "a") as f:
             f.write(text)
 
 
-PROFILE: dict = {"steps": 0, "dir": None}
+PROFILE: dict = {"steps": 0, "dir": None, "host": 0}
+
+
+def host_breakdown(t, n: int, device, label: str) -> dict:
+    """Host-side seconds per step of each phase of `Trainer.train_step` (world 1, no
+    accumulation), with no syncs inside the loop: the time each phase takes to enqueue its work.
+    A phase that waits (a full launch queue, a pinned buffer still in use) counts its wait too,
+    so a sum close to the step time means "CPU-bound" only when the GPU profile agrees."""
+    from codediff.objectives import draw_noise, micro_batch_generator
+
+    phases = dict.fromkeys(("data", "noise", "forward", "backward", "clip", "optim", "zero"), 0.0)
+    sync(device)
+    wall0 = time.perf_counter()
+    for i in range(n):
+        step = 20_000 + i
+        c = time.perf_counter
+        t0 = c()
+        _, g, x = next(iter(t.micro_batches(step)))
+        t1 = c()
+        gen = micro_batch_generator(t.cfg.seed, g, device)
+        noise = draw_noise(t.obj, x.shape[0], t.seq_len, gen, device)
+        t2 = c()
+        fn = t.loss_for(noise)
+        with t.autocast():
+            loss = fn(t.wrapped, x, noise, t.obj)
+        t3 = c()
+        loss.backward()
+        t4 = c()
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
+        t5 = c()
+        t.optimizer.step()
+        t6 = c()
+        t.optimizer.zero_grad(set_to_none=True)
+        t7 = c()
+        for k, a, b in (("data", t0, t1), ("noise", t1, t2), ("forward", t2, t3),
+                        ("backward", t3, t4), ("clip", t4, t5), ("optim", t5, t6),
+                        ("zero", t6, t7)):
+            phases[k] += b - a
+    host = sum(phases.values()) / n
+    sync(device)
+    wall = (time.perf_counter() - wall0) / n
+    row = {"host_breakdown": label, "wall_ms": wall * 1e3, "host_ms": host * 1e3,
+           **{f"{k}_ms": v / n * 1e3 for k, v in phases.items()}}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def plain_loop(cfg: ModelConfig, objective: str, batch: int, seq: int, device, compile_: bool,
@@ -206,9 +252,11 @@ def codediff_loop(cfg: ModelConfig, objective: str, batch: int, seq: int, device
             t.train_step(i)
 
         secs = time_steps(step, n_warm, n_time, repeats, device)
-        if PROFILE["steps"] and compile_mode == "default":
+        if PROFILE["host"]:
+            host_breakdown(t, PROFILE["host"], device, f"{cfg.d_model}d-{objective}-{compile_mode}")
+        if PROFILE["steps"]:
             profile_steps(step, PROFILE["steps"], device,
-                          f"codediff-{cfg.d_model}d-{objective}", PROFILE["dir"])
+                          f"codediff-{cfg.d_model}d-{objective}-{compile_mode}", PROFILE["dir"])
         return secs
 
 
@@ -233,6 +281,8 @@ def main() -> int:
     ap.add_argument("--profile", type=int, default=0,
                     help="profile this many steps of each loop (tables to --profile-dir)")
     ap.add_argument("--profile-dir", default=None)
+    ap.add_argument("--host", type=int, default=0,
+                    help="time the host side of each train-step phase over this many steps")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -250,7 +300,7 @@ def main() -> int:
         out.write(json.dumps(head) + "\n")
         out.flush()
     compile_ = not args.no_compile
-    PROFILE.update(steps=args.profile, dir=args.profile_dir)
+    PROFILE.update(steps=args.profile, dir=args.profile_dir, host=args.host)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         vocab = min(CONFIGS[c][0].vocab_size for c in configs)  # ids valid for every model

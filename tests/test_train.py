@@ -279,3 +279,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(corpus, tmp_path):
         Trainer(corpus, tmp_path / "nan", micro_model(), cfg, Dist()).fit()
     state = json.loads((tmp_path / "nan" / "state" / "trainer.json").read_text())
     assert state["step"] >= 1
+
+
+def test_out_of_memory_says_which_micro_batch_to_try(corpus, tmp_path, monkeypatch):
+    # a CPU cannot run out of GPU memory: the third step raises what CUDA would raise
+    real = Trainer.train_step
+
+    def step(self, i):
+        if i == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, i)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    cfg = micro_train("mdm", save_every_steps=1, log_every=1)
+    with pytest.raises(UserError, match=r"out of memory with micro-batch 8 x 32 tokens; pass a "
+                       r"smaller --micro-batch \(e\.g\. 4\)"):
+        Trainer(corpus, tmp_path / "oom", micro_model(), cfg, Dist()).fit()
+    state = json.loads((tmp_path / "oom" / "state" / "trainer.json").read_text())
+    assert state["step"] == 2  # the steps before the failure are kept; resuming continues
