@@ -227,10 +227,12 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
         if cache is not None:
             pids = full_pos[:, cur - n_new:cur] if padded else None
             out = backend.forward(seq[:, cur - n_new:cur], attention_mask=am, position_ids=pids,
-                                  start_pos=cur - n_new, cache=cache, update_cache=True)
+                                  start_pos=cur - n_new, cache=cache, update_cache=True,
+                                  logits_range=(n_new - 1, n_new))
         else:
             out = backend.forward(seq[:, :cur], attention_mask=am,
-                                  position_ids=full_pos[:, :cur] if padded else None)
+                                  position_ids=full_pos[:, :cur] if padded else None,
+                                  logits_range=(cur - 1, cur))
         return out[:, -1]
 
     cache = backend.new_cache(B, P + T) if settings.use_cache else None
@@ -239,7 +241,7 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
     for b in range(B):
         nfe[b] = 1
         n = lengths[b]
-        cost[b] += flops.forward(n, (n + 1) / 2) if flops else 0.0
+        cost[b] += flops.forward(n, (n + 1) / 2, 1) if flops else 0.0
     _share(secs, active, time.perf_counter() - t0)
 
     for t in range(T):
@@ -274,7 +276,7 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
                 nfe[b] += 1
                 n_key = lengths[b] + t + 1
                 cost[b] += (flops.forward(1, n_key) if cache is not None
-                            else flops.forward(n_key, (n_key + 1) / 2)) if flops else 0.0
+                            else flops.forward(n_key, (n_key + 1) / 2, 1)) if flops else 0.0
         _share(secs, was_active, time.perf_counter() - t0)
 
     out = []

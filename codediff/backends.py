@@ -52,9 +52,11 @@ class FlopsModel:
     d_model: int
     vocab_size: int
 
-    def forward(self, n_query: int, n_key: int) -> float:
-        """FLOPs of one forward for one sequence: n_query fresh tokens attending n_key keys."""
-        matmul = 2.0 * n_query * (self.body_params + self.d_model * self.vocab_size)
+    def forward(self, n_query: int, n_key: int, n_logits: float | None = None) -> float:
+        """FLOPs of one forward for one sequence: n_query fresh tokens attending n_key keys,
+        the output head run on n_logits of them (default: all)."""
+        n_logits = n_query if n_logits is None else n_logits
+        matmul = 2.0 * (n_query * self.body_params + n_logits * self.d_model * self.vocab_size)
         attention = 4.0 * self.n_layer * self.d_model * n_query * n_key
         return matmul + attention
 
@@ -134,7 +136,10 @@ class Backend:
 
     def forward(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, start_pos: int = 0,
-                cache: Any = None, update_cache: bool = False) -> torch.Tensor:
+                cache: Any = None, update_cache: bool = False,
+                logits_range: tuple[int, int] | None = None) -> torch.Tensor:
+        """Float logits [B, S, V]; with `logits_range` (a, b) only input positions a..b-1.
+        Backends that cannot skip the other positions compute them and slice."""
         raise NotImplementedError
 
     def new_cache(self, batch: int, capacity: int) -> Any:
@@ -163,11 +168,12 @@ class NativeBackend(Backend):
 
     @torch.no_grad()
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
-                update_cache=False):
+                update_cache=False, logits_range=None):
         weights = next(self.model.parameters()).dtype
         with _autocast(self.device, self.dtype if weights == torch.float32 else None):
             out = self.model(idx, attention_mask=attention_mask, position_ids=position_ids,
-                             start_pos=start_pos, cache=cache, update_cache=update_cache)
+                             start_pos=start_pos, cache=cache, update_cache=update_cache,
+                             logits_range=logits_range)
         return _upcast(out)
 
     def new_cache(self, batch: int, capacity: int) -> Any:
@@ -196,16 +202,26 @@ class HFCausalBackend(Backend):
     def __init__(self, model: nn.Module, **kw: Any):
         super().__init__(**kw)
         self.model = model
+        # transformers' `logits_to_keep`: the head runs on the last positions only (a 150K
+        # vocabulary over a whole batch of prompts is gigabytes of float32 logits otherwise)
+        self._keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @torch.no_grad()
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
-                update_cache=False):
+                update_cache=False, logits_range=None):
         if cache is not None and not update_cache:
             raise ValueError("the hf backend only appends to its cache (AR decoding)")
         mask = None if attention_mask is None else attention_mask.to(torch.long)
+        kwargs: dict[str, Any] = {}
+        S = idx.shape[1]
+        a, b = logits_range if logits_range is not None else (0, S)
+        if self._keeps and b == S and a > 0:
+            kwargs["logits_to_keep"] = S - a
+            a, b = 0, S - a
         out = self.model(input_ids=idx, attention_mask=mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=cache is not None)
-        return _upcast(out.logits)
+                         past_key_values=cache, use_cache=cache is not None, **kwargs)
+        logits = out.logits
+        return _upcast(logits[:, a:b] if (a, b) != (0, logits.shape[1]) else logits)
 
     def new_cache(self, batch: int, capacity: int) -> Any:
         from transformers import DynamicCache
@@ -233,7 +249,7 @@ class HFDiffusionBackend(Backend):
 
     @torch.no_grad()
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
-                update_cache=False):
+                update_cache=False, logits_range=None):
         if cache is not None:
             raise UserError("external DLMs run without a KV cache; use --cache none")
         kwargs: dict[str, Any] = {}
@@ -248,11 +264,13 @@ class HFDiffusionBackend(Backend):
                 kwargs["position_ids"] = position_ids
         with _autocast(self.device, self.dtype):
             out = self.model(idx, **kwargs)
-        logits = _upcast(out.logits if hasattr(out, "logits") else out[0])
+        logits = out.logits if hasattr(out, "logits") else out[0]
         if self.convention == "dream":
             # position i's logits predict token i + 1: move them to i + 1 (position 0 is prompt)
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+        if logits_range is not None:
+            logits = logits[:, logits_range[0]:logits_range[1]]
+        return _upcast(logits)  # after the slice: only the kept positions become float32
 
 
 class ShiftedView(Backend):
@@ -272,11 +290,17 @@ class ShiftedView(Backend):
         self.inner = inner
 
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
-                update_cache=False):
+                update_cache=False, logits_range=None):
         if cache is not None:
             raise UserError("the Dream convention runs without a KV cache; use --cache none")
-        logits = self.inner.forward(idx, attention_mask=attention_mask, position_ids=position_ids)
-        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        a, b = logits_range if logits_range is not None else (0, idx.shape[1])
+        # shifted position i reads inner position i - 1 (position 0 reads itself)
+        lo = max(a - 1, 0)
+        logits = self.inner.forward(idx, attention_mask=attention_mask, position_ids=position_ids,
+                                    logits_range=(lo, b))
+        if a == 0:
+            return torch.cat([logits[:, :1], logits[:, :b - 1]], dim=1)
+        return logits[:, :b - a]
 
 
 class VLLMBackend(Backend):

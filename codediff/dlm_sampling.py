@@ -197,23 +197,26 @@ class _Run:
             t0 = time.perf_counter()
             cand = (x[:, s:e] == mask_id) & live_t.unsqueeze(1)
             # ---- forward: logits for the block's positions [B, e - s, V]
+            # (the output head runs on the block's positions only: logits_range)
             if st.cache == "none":
                 logits = b.forward(x, attention_mask=am,
-                                   position_ids=positions if padded else None)[:, s:e]
+                                   position_ids=positions if padded else None,
+                                   logits_range=(s, e))
                 n_query = [self.real[r] for r in rows]
             elif i == 0:
                 # block start: one full pass (also this step's prediction) refreshes the cache
                 cache = b.new_cache(x.shape[0], x.shape[1])
                 logits = b.forward(x, attention_mask=am,
                                    position_ids=positions if padded else None,
-                                   start_pos=0, cache=cache, update_cache=True)[:, s:e]
+                                   start_pos=0, cache=cache, update_cache=True,
+                                   logits_range=(s, e))
                 if st.cache == "prefix":
                     cache.truncate(s)
                 n_query = [self.real[r] for r in rows]
             elif st.cache == "prefix":
                 logits = b.forward(x[:, s:], attention_mask=am,
                                    position_ids=positions[:, s:] if padded else None,
-                                   start_pos=s, cache=cache)[:, : e - s]
+                                   start_pos=s, cache=cache, logits_range=(0, e - s))
                 n_query = [x.shape[1] - s] * len(rows)
             else:  # dual
                 logits = b.forward(x[:, s:e], attention_mask=am,
@@ -240,7 +243,7 @@ class _Run:
                     self.committed[r].append(sum(
                         a != c for a, c in zip(blk_host[j], new_host[j], strict=True)))
                     if b.flops is not None:
-                        self.flops[r] += b.flops.forward(n_query[j], self.real[r])
+                        self.flops[r] += b.flops.forward(n_query[j], self.real[r], e - s)
                     self.gen_host[r][s - self.P: e - self.P] = new_host[j]
             blk_host = new_host
             if st.early_stop and self._check_done(rows, done, has):

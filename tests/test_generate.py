@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from codediff import ar_sampling, dlm_sampling
-from codediff.ar_sampling import ARSettings, cut_at_stop, generate_ar
+from codediff.ar_sampling import ARSettings, cut_at_stop, generate_ar, left_pad
 from codediff.backends import NativeBackend, ShiftedView, load_backend, native_backend
 from codediff.dlm_sampling import DLMSettings, generate_dlm
 from codediff.model import ModelConfig, Transformer
@@ -400,6 +400,25 @@ def test_hf_dream_convention_is_honoured(llama_dir):
                          mask_id=MASK)
     aligned = generate_dlm(llada, prompts, DLMSettings(gen_length=8, block_length=1, steps=8))
     assert aligned[0].ids != want
+
+
+def test_logits_range_equals_slicing_the_full_logits(tok, llama_dir):
+    # samplers ask for the positions they read; every backend must return exactly those rows
+    native_ar, native_dlm = backend_for(tok, "ar"), backend_for(tok, "mdm")
+    backends = [native_ar, native_dlm, ShiftedView(native_ar, MASK),
+                load_backend(llama_dir, dtype="float64"),
+                load_backend(llama_dir, dtype="float64", kind="dlm", convention="dream",
+                             mask_id=MASK)]
+    assert backends[3]._keeps  # transformers' logits_to_keep path is the one exercised
+    ids, mask, pos = left_pad(encode(tok), PAD, torch.device("cpu"))
+    S = ids.shape[1]
+    assert not bool(mask.all())  # prompts of different lengths: padded rows too
+    for b in backends:
+        full = b.forward(ids, attention_mask=mask, position_ids=pos)
+        for a, e in ((0, S), (0, 3), (2, 7), (S - 1, S), (S - 4, S)):
+            part = b.forward(ids, attention_mask=mask, position_ids=pos, logits_range=(a, e))
+            assert part.shape == full[:, a:e].shape, (b.name, a, e)
+            torch.testing.assert_close(part, full[:, a:e], rtol=1e-5, atol=1e-5)
 
 
 def test_vllm_backend_is_import_guarded(llama_dir):
