@@ -3,7 +3,8 @@
 One loop serves every backend with a `forward` (native checkpoints, Hugging Face causal LMs):
 prefill the left-padded prompts once, then feed one token per row per step. Rows stop at an
 end-of-text token, a stop sequence (checked on the decoded text, so sequences spanning several
-tokens are found) or `max_new_tokens`; the loop ends when every row has stopped.
+tokens are found) or `max_new_tokens`; once a quarter of the batch has stopped, those rows
+leave it (with their cache rows), and the loop ends when every row has stopped.
 
 Left padding keeps every row's next token in the same column; position ids count only real
 tokens and the key-padding mask hides the pads, so a padded row computes what it would alone.
@@ -212,8 +213,10 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
 
     gen: list[list[int]] = [[] for _ in range(B)]
     reason = ["length"] * B
-    active = [True] * B
-    alive = torch.ones(B, dtype=torch.bool, device=dev)  # device copy of `active`
+    active = [True] * B                  # by original row
+    rows = list(range(B))                # original row of each batch position
+    gens = list(generators) if generators is not None else None
+    alive = torch.ones(B, dtype=torch.bool, device=dev)  # device copy of `active`, by position
     eos_set = set(backend.eos_ids)
     nfe = [0] * B
     secs = [0.0] * B
@@ -248,13 +251,14 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
         t0 = time.perf_counter()
         was_active = list(active)
         if t == 0 and healing is not None:
-            logits = logits.masked_fill(~healing.mask(logits.shape[-1], dev), float("-inf"))
-        tok = sample_next(logits, settings.temperature, settings.top_k, settings.top_p,
-                          generators)
+            allowed = healing.mask(logits.shape[-1], dev)[torch.tensor(rows, device=dev)]
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        tok = sample_next(logits, settings.temperature, settings.top_k, settings.top_p, gens)
         tok = tok.masked_fill(~alive, backend.pad_id)
         seq[:, P + t] = tok
         changed = False
-        for b, tid in enumerate(tok.tolist()):  # the step's one host-device sync
+        for j, tid in enumerate(tok.tolist()):  # the step's one host-device sync
+            b = rows[j]
             if not active[b]:
                 continue
             if tid in eos_set:
@@ -269,7 +273,18 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
             _share(secs, was_active, time.perf_counter() - t0)
             break
         if changed:
-            alive = torch.tensor(active, device=dev)
+            dead = [j for j, r in enumerate(rows) if not active[r]]
+            if 4 * len(dead) >= len(rows) and (cache is None or backend.can_select_rows):
+                # a quarter of the batch has finished: drop those rows (and their cache) so the
+                # remaining steps stop computing answers nobody reads
+                keep = [j for j, r in enumerate(rows) if active[r]]
+                idx = torch.tensor(keep, device=dev)
+                seq, full_mask, full_pos = seq[idx], full_mask[idx], full_pos[idx]
+                if cache is not None:
+                    cache = backend.select_rows(cache, idx)
+                rows = [rows[j] for j in keep]
+                gens = [gens[j] for j in keep] if gens is not None else None
+            alive = torch.tensor([active[r] for r in rows], device=dev)
         logits = step(1, P + t + 1)
         for b in range(B):
             if active[b]:

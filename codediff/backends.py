@@ -145,6 +145,13 @@ class Backend:
     def new_cache(self, batch: int, capacity: int) -> Any:
         raise UserError(f"the {self.name} backend has no KV cache; use --cache none")
 
+    can_select_rows = False  # select_rows works on this backend's caches
+
+    def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
+        """The cache of a batch reduced to `rows` (batch positions), for dropping finished
+        rows from AR decoding."""
+        raise NotImplementedError
+
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "backend": self.name, "kind": self.kind,
                 "convention": self.convention, "mask_id": self.mask_id, "eos_ids": self.eos_ids,
@@ -181,6 +188,13 @@ class NativeBackend(Backend):
 
         dtype = next(self.model.parameters()).dtype
         return KVCache.empty(self.model, batch, capacity, device=self.device, dtype=dtype)
+
+    can_select_rows = True
+
+    def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
+        cache.k = [k[rows] for k in cache.k]
+        cache.v = [v[rows] for v in cache.v]
+        return cache
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -227,6 +241,12 @@ class HFCausalBackend(Backend):
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
+
+    can_select_rows = True  # DynamicCache.batch_select_indices (transformers >= 4.x)
+
+    def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
+        cache.batch_select_indices(rows)
+        return cache
 
 
 class HFDiffusionBackend(Backend):

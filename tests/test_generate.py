@@ -104,6 +104,29 @@ def test_ar_batched_equals_unbatched(tok):
         assert alone[0].ids == batched[i].ids
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_ar_finished_rows_leave_the_batch_without_changing_answers(tok, use_cache):
+    b = backend_for(tok, "ar")
+    prompts = encode(tok)
+    s = ARSettings(max_new_tokens=30, temperature=0.8, use_cache=use_cache)
+
+    def alone(i, p):
+        return generate_ar(b, [p], s, generators=[torch.Generator().manual_seed(7 + i)])[0]
+
+    # make the 4th token of the first row's answer end-of-text: that row stops early
+    b.eos_ids = [alone(0, prompts[0]).ids[3]]
+    single = [alone(i, p) for i, p in enumerate(prompts)]
+    assert len({o.nfe for o in single}) > 1  # rows finish at different steps
+    dropped = []
+    select = b.select_rows
+    b.select_rows = lambda cache, rows: (dropped.append(len(rows)), select(cache, rows))[1]
+    batched = generate_ar(b, prompts, s, generators=gens(3, 7))
+    assert [o.ids for o in batched] == [o.ids for o in single]
+    assert [o.nfe for o in batched] == [o.nfe for o in single]
+    if use_cache:
+        assert dropped and dropped[0] < len(prompts)  # the cache lost the finished rows
+
+
 def test_ar_stops_at_stop_sequence_and_eos(tok):
     b = backend_for(tok, "ar")
     prompt = encode(tok)[:1]
@@ -386,6 +409,15 @@ def test_hf_llama_generates_through_the_hf_backend(llama_dir, tok):
     assert [o.ids for o in plain] == [o.ids for o in out]
     alone = [generate_ar(b, [p], ARSettings(max_new_tokens=10))[0].ids for p in prompts]
     assert alone == [o.ids for o in out]
+    # rows that finish early leave the batch and its DynamicCache; the others are unchanged
+    b.eos_ids = [out[0].ids[2]]
+    alone = [generate_ar(b, [p], ARSettings(max_new_tokens=10))[0] for p in prompts]
+    dropped = []
+    select = b.select_rows
+    b.select_rows = lambda cache, rows: (dropped.append(len(rows)), select(cache, rows))[1]
+    early = generate_ar(b, prompts, ARSettings(max_new_tokens=10))
+    assert [o.ids for o in early] == [o.ids for o in alone]
+    assert len({o.nfe for o in alone}) > 1 and dropped  # rows did finish apart, and left
 
 
 def test_hf_dream_convention_is_honoured(llama_dir):
