@@ -1,0 +1,138 @@
+"""Why is the rotary backward kernel slow? One attention block of `tiny` (B 128, S 256, 6 heads of
+64), forward + backward under torch.compile, in several formulations, timed with CUDA events and
+with the top kernels listed.
+
+Found on an H100 (docs/benchmarks.md, training runs 4-5): in a `tiny` step the compiler's fused
+RoPE-backward kernel takes ~310 us per layer against ~46 us for the forward one, ~1.8 ms of a
+13 ms step, and rotating in the [B, S, H, hd] layout before the head transpose did not change it.
+Variants:
+  bhsd        the model's code: view -> transpose -> rotate (cat of halves) -> SDPA
+  bshd        rotate in [B, S, H, hd], then transpose (torchtitan's order)
+  contiguous  bshd, then .contiguous() q/k/v in [B, H, S, hd] before SDPA
+  flash       bhsd with SDPA pinned to the flash kernel (cuDNN is PyTorch's pick here)
+  noqk        no rotation at all (the floor the others are measured against)
+
+  python bench/rope_backward.py            # one H100, ~1 min
+  python bench/rope_backward.py --device cpu --batch 2 --seq 32   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def block(variant: str, x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+          heads: int) -> torch.Tensor:
+    B, S, D = x.shape
+    hd = D // heads
+    q, k, v = (x @ w.t()).split(D, dim=-1)
+    q, k, v = (t.view(B, S, heads, hd) for t in (q, k, v))
+    if variant in ("bhsd", "flash"):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        c, s = cos[None, None], sin[None, None]  # [1, 1, S, hd/2]
+        q, k = rotate(q, c.to(q.dtype), s.to(q.dtype)), rotate(k, c.to(k.dtype), s.to(k.dtype))
+    elif variant in ("bshd", "contiguous"):
+        c, s = cos[None, :, None], sin[None, :, None]  # [1, S, 1, hd/2]
+        q, k = rotate(q, c.to(q.dtype), s.to(q.dtype)), rotate(k, c.to(k.dtype), s.to(k.dtype))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if variant == "contiguous":
+            q, k, v = (t.contiguous() for t in (q, k, v))
+    else:  # noqk
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).reshape(B, S, D)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--d-model", type=int, default=384)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--variants", default="bhsd,bshd,contiguous,flash,noqk")
+    ap.add_argument("--reps", type=int, default=50)
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    D, hd = args.d_model, args.d_model // args.heads
+    torch.manual_seed(0)
+    x0 = torch.randn(args.batch, args.seq, D, device=dev, dtype=dtype)
+    w = (torch.randn(3 * D, D, device=dev, dtype=dtype) * D ** -0.5).requires_grad_()
+    inv = 10000.0 ** (-torch.arange(0, hd, 2, device=dev, dtype=torch.float32) / hd)
+    ang = torch.arange(args.seq, device=dev, dtype=torch.float32)[:, None] * inv
+    cos, sin = ang.cos(), ang.sin()
+    ref = None
+    rows = []
+    for variant in args.variants.split(","):
+        fn = torch.compile(lambda x, v=variant: block(v, x, w, cos, sin, args.heads))
+        pin = contextlib.nullcontext()
+        if variant == "flash" and dev.type == "cuda":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            pin = sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+        x = x0.clone().requires_grad_()
+        with pin:
+            def step(fn=fn, x=x):
+                out = fn(x)
+                out.backward(torch.ones_like(out))
+                return out
+
+            out = step()  # compile
+            if variant != "noqk":  # every rotation variant computes the same function
+                got = torch.cat([out.detach().flatten().float(), x.grad.flatten().float()])
+                ref = got if ref is None else ref
+                err = ((got - ref).norm() / ref.norm()).item()
+            else:
+                err = float("nan")
+            times = []
+            for _ in range(args.reps):
+                x.grad = None
+                w.grad = None
+                if dev.type == "cuda":
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    step()
+                    b.record()
+                    b.synchronize()
+                    times.append(a.elapsed_time(b) * 1e3)
+                else:
+                    import time
+
+                    t0 = time.perf_counter()
+                    step()
+                    times.append((time.perf_counter() - t0) * 1e6)
+            top = ""
+            if dev.type == "cuda":
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    step()
+                    torch.cuda.synchronize()
+                evs = sorted((e for e in prof.key_averages() if e.device_time_total > 0),
+                             key=lambda e: -e.device_time_total)[:4]
+                top = "; ".join(f"{e.key[:48]} {e.device_time_total:.0f}us" for e in evs)
+        med = statistics.median(times)
+        rows.append((variant, med, err, top))
+        print(f"{variant:<11} {med:9.1f} us/iter  rel.err vs bhsd {err:.1e}  {top}", flush=True)
+    base = next((m for v, m, _, _ in rows if v == "noqk"), None)
+    if base:
+        print("\nrotation cost over no rotation:")
+        for v, m, _, _ in rows:
+            print(f"  {v:<11} {m - base:+9.1f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
