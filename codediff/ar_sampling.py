@@ -244,7 +244,8 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
     for b in range(B):
         nfe[b] = 1
         n = lengths[b]
-        cost[b] += flops.forward(n, (n + 1) / 2, 1) if flops else 0.0
+        cost[b] += flops.forward(n, (n + 1) / 2, 1 if backend.slices_head else n) \
+            if flops else 0.0
     _share(secs, active, time.perf_counter() - t0)
 
     for t in range(T):
@@ -290,8 +291,9 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
             if active[b]:
                 nfe[b] += 1
                 n_key = lengths[b] + t + 1
+                head = 1 if backend.slices_head else n_key
                 cost[b] += (flops.forward(1, n_key) if cache is not None
-                            else flops.forward(n_key, (n_key + 1) / 2, 1)) if flops else 0.0
+                            else flops.forward(n_key, (n_key + 1) / 2, head)) if flops else 0.0
         _share(secs, was_active, time.perf_counter() - t0)
 
     out = []

@@ -120,6 +120,9 @@ class Backend:
     convention = "native"    # "native" | "llada" | "dream" | "causal"
     supports_cache = False
     samples_itself = False   # True for vLLM: it runs its own sampling loop
+    # the output head runs only on `logits_range` (else on every position, then sliced): the
+    # FLOPs estimate counts the head accordingly
+    slices_head = False
 
     def __init__(self, *, tokenizer: Any, eos_ids: list[int], pad_id: int, mask_id: int | None,
                  device: torch.device, flops: FlopsModel | None, max_seq_len: int | None,
@@ -165,6 +168,7 @@ class NativeBackend(Backend):
 
     name = "native"
     supports_cache = True
+    slices_head = True
 
     def __init__(self, model: nn.Module, meta: dict, **kw: Any):
         super().__init__(**kw)
@@ -219,6 +223,7 @@ class HFCausalBackend(Backend):
         # transformers' `logits_to_keep`: the head runs on the last positions only (a 150K
         # vocabulary over a whole batch of prompts is gigabytes of float32 logits otherwise)
         self._keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.slices_head = self._keeps  # for the suffix ranges AR decoding asks for
 
     @torch.no_grad()
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
@@ -285,11 +290,12 @@ class HFDiffusionBackend(Backend):
         with _autocast(self.device, self.dtype):
             out = self.model(idx, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]
+        a, b = logits_range if logits_range is not None else (0, logits.shape[1])
         if self.convention == "dream":
             # position i's logits predict token i + 1: move them to i + 1 (position 0 is prompt)
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        if logits_range is not None:
-            logits = logits[:, logits_range[0]:logits_range[1]]
+            logits = _dream_shift(logits[:, max(a - 1, 0):b], a, b)
+        else:
+            logits = logits[:, a:b]
         return _upcast(logits)  # after the slice: only the kept positions become float32
 
 
@@ -308,19 +314,16 @@ class ShiftedView(Backend):
                          mask_id=mask_id, device=inner.device, flops=inner.flops,
                          max_seq_len=inner.max_seq_len, path=inner.path, dtype=inner.dtype)
         self.inner = inner
+        self.slices_head = inner.slices_head
 
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
                 update_cache=False, logits_range=None):
         if cache is not None:
             raise UserError("the Dream convention runs without a KV cache; use --cache none")
         a, b = logits_range if logits_range is not None else (0, idx.shape[1])
-        # shifted position i reads inner position i - 1 (position 0 reads itself)
-        lo = max(a - 1, 0)
         logits = self.inner.forward(idx, attention_mask=attention_mask, position_ids=position_ids,
-                                    logits_range=(lo, b))
-        if a == 0:
-            return torch.cat([logits[:, :1], logits[:, :b - 1]], dim=1)
-        return logits[:, :b - a]
+                                    logits_range=(max(a - 1, 0), b))
+        return _dream_shift(logits, a, b)
 
 
 class VLLMBackend(Backend):
@@ -549,6 +552,14 @@ def _load_vllm(path: str, dt: torch.dtype) -> Backend:
     return VLLMBackend(llm, tokenizer=HFTokenizer(tok), eos_ids=eos,
                        pad_id=eos[0] if eos else 0, mask_id=None, device=torch.device("cuda"),
                        flops=None, max_seq_len=None, path=path, dtype=dt)
+
+
+def _dream_shift(logits: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """Dream convention: shifted position i reads position i - 1 (position 0 reads itself).
+    `logits` holds unshifted positions max(a - 1, 0) .. b - 1; returns shifted a .. b - 1."""
+    if a == 0:
+        return torch.cat([logits[:, :1], logits[:, :b - 1]], dim=1)
+    return logits[:, :b - a]
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:

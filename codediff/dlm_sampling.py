@@ -243,7 +243,8 @@ class _Run:
                     self.committed[r].append(sum(
                         a != c for a, c in zip(blk_host[j], new_host[j], strict=True)))
                     if b.flops is not None:
-                        self.flops[r] += b.flops.forward(n_query[j], self.real[r], e - s)
+                        head = e - s if b.slices_head else n_query[j]
+                        self.flops[r] += b.flops.forward(n_query[j], self.real[r], head)
                     self.gen_host[r][s - self.P: e - self.P] = new_host[j]
             blk_host = new_host
             if st.early_stop and self._check_done(rows, done, has):
