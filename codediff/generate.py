@@ -325,7 +325,14 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
             encoded = [tok.encode(j.prompt) for j in batch]
             truncated = [budget is not None and len(e) > budget for e in encoded]
             prompts = [e[-budget:] if t else e for e, t in zip(encoded, truncated, strict=True)]
-            samples = _run_batch(cfg, backend, batch, prompts, stops, mode)
+            try:
+                samples = _run_batch(cfg, backend, batch, prompts, stops, mode)
+            except torch.OutOfMemoryError:
+                longest = max(len(x) for x in prompts)
+                raise UserError(
+                    f"out of memory at --batch-size {cfg.batch_size} (prompts up to {longest} "
+                    f"tokens); pass a smaller --batch-size (e.g. {max(1, cfg.batch_size // 2)}); "
+                    "the samples finished so far are kept and the command resumes") from None
             lines = []
             for j, s, e, t in zip(batch, samples, encoded, truncated, strict=True):
                 row = {"task_id": j.task_id, "completion_id": j.completion_id,

@@ -563,6 +563,32 @@ def test_generate_resumes_after_interruption(tok, tmp_path, monkeypatch):
     assert [key(r) for r in read_jsonl(out)] == [key(r) for r in read_jsonl(ref)]
 
 
+def test_generate_out_of_memory_says_which_batch_size_to_try(tok, tmp_path, monkeypatch,
+                                                             capsys):
+    from codediff import generate
+
+    run = save_native(tok, tmp_path, "ar")
+    args = ["--model", run, "--task", "humaneval", "--limit", "3", "--batch-size", "2",
+            "--max-new-tokens", "8", "--out", str(tmp_path / "s.jsonl")]
+    real = generate._run_batch
+    calls = {"n": 0}
+
+    def oom(*a, **k):  # a CPU cannot run out of GPU memory: the second batch raises it
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real(*a, **k)
+
+    monkeypatch.setattr(generate, "_run_batch", oom)
+    assert cli(*args) == 2
+    err = capsys.readouterr().err
+    assert "out of memory at --batch-size 2" in err and "--batch-size (e.g. 1)" in err
+    assert err.startswith("codediff: error:") and err.count("\n") == 1
+    assert len(read_jsonl(tmp_path / "s.jsonl.partial")) == 2  # the first batch is kept
+    monkeypatch.setattr(generate, "_run_batch", real)
+    assert cli(*args) == 0 and len(read_jsonl(tmp_path / "s.jsonl")) == 3
+
+
 def test_generate_rejects_bad_options_before_writing(tok, tmp_path, capsys):
     run = save_native(tok, tmp_path, "mdm")
     out = tmp_path / "s.jsonl"
