@@ -110,9 +110,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--method {args.method} needs an mdm checkpoint; use exact or auto")
     if args.method == "exact" and meta["objective"] != "ar":
         raise UserError("--method exact needs an ar checkpoint; use elbo, pll or auto")
-    res = score_choices(model, tok, meta, rows, method=args.method, samples=args.samples,
-                        seed=args.seed, batch_size=args.batch_size,
-                        progress=sys.stderr.isatty())
+    try:
+        res = score_choices(model, tok, meta, rows, method=args.method, samples=args.samples,
+                            seed=args.seed, batch_size=args.batch_size,
+                            progress=sys.stderr.isatty())
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of memory scoring {args.batch_size} sequences at once; pass a "
+                        f"smaller --batch-size (e.g. {max(1, args.batch_size // 2)}); the scores "
+                        "do not depend on it beyond float rounding") from None
     res.update(model=str(args.model), choices=str(args.choices))
     atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
     print(f"{args.model}: {100 * res['accuracy']:.1f}% ± {100 * res['stderr']:.1f} "

@@ -69,3 +69,31 @@ def test_method_mismatch_is_a_user_error(tmp_path, capsys):
     code = main(["score", "--model", str(ckpt), "--choices", str(choices), "--out",
                  str(tmp_path / "o.json"), "--method", "elbo", "--device", "cpu"])
     assert code == 2 and "needs an mdm checkpoint" in capsys.readouterr().err
+
+
+def test_score_batch_size_does_not_change_scores_and_oom_names_it(tmp_path, capsys,
+                                                                   monkeypatch):
+    from codediff import codechoice_score
+
+    choices = tmp_path / "c.jsonl"
+    choices.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    ckpt = _checkpoint(tmp_path, "mdm")
+    outs = []
+    for bs in ("64", "5"):
+        out = tmp_path / f"bs{bs}.json"
+        assert main(["score", "--model", str(ckpt), "--choices", str(choices), "--out",
+                     str(out), "--method", "elbo", "--samples", "8", "--device", "cpu",
+                     "--batch-size", bs]) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["accuracy"] == outs[1]["accuracy"]
+
+    def oom(*a, **k):  # a CPU cannot run out of GPU memory: raise what CUDA would
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    monkeypatch.setattr(codechoice_score, "score_choices", oom)
+    capsys.readouterr()
+    code = main(["score", "--model", str(ckpt), "--choices", str(choices), "--out",
+                 str(tmp_path / "o.json"), "--device", "cpu", "--batch-size", "64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass a smaller --batch-size (e.g. 32)" in err and err.count("\n") == 1
+    assert not (tmp_path / "o.json").exists()
