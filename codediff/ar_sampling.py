@@ -286,6 +286,9 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
                 rows = [rows[j] for j in keep]
                 gens = [gens[j] for j in keep] if gens is not None else None
             alive = torch.tensor([active[r] for r in rows], device=dev)
+        t1 = time.perf_counter()
+        _share(secs, was_active, t1 - t0)  # sampling and bookkeeping: every row of this step
+        t0 = t1
         logits = step(1, P + t + 1)
         for b in range(B):
             if active[b]:
@@ -294,7 +297,7 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
                 head = 1 if backend.slices_head else n_key
                 cost[b] += (flops.forward(1, n_key) if cache is not None
                             else flops.forward(n_key, (n_key + 1) / 2, head)) if flops else 0.0
-        _share(secs, was_active, time.perf_counter() - t0)
+        _share(secs, active, time.perf_counter() - t0)  # the forward: rows still decoding
 
     out = []
     for b in range(B):

@@ -196,8 +196,9 @@ class NativeBackend(Backend):
     can_select_rows = True
 
     def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
-        cache.k = [k[rows] for k in cache.k]
-        cache.v = [v[rows] for v in cache.v]
+        for i in range(len(cache.k)):  # layer by layer: never two whole caches at once
+            cache.k[i] = cache.k[i][rows]
+            cache.v[i] = cache.v[i][rows]
         return cache
 
     def describe(self) -> dict[str, Any]:
@@ -247,10 +248,12 @@ class HFCausalBackend(Backend):
 
         return DynamicCache(config=self.model.config)
 
-    can_select_rows = True  # DynamicCache.batch_select_indices (transformers >= 4.x)
+    can_select_rows = True
 
     def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
-        cache.batch_select_indices(rows)
+        # reorder_cache also handles the conv / recurrent states of hybrid models, which
+        # batch_select_indices does not
+        cache.reorder_cache(rows)
         return cache
 
 

@@ -215,6 +215,14 @@ def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main
 
+def _out_of_memory(e: BaseException) -> bool:
+    """CUDA's allocator raises OutOfMemoryError; cuBLAS/cuDNN report running out as a
+    RuntimeError with their own status names."""
+    return isinstance(e, torch.OutOfMemoryError) or any(
+        k in str(e) for k in ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                              "out of memory"))
+
+
 def run_generate(cfg: GenerateConfig) -> Path:
     """Generate (or finish generating) cfg.out; returns its path."""
     validate(cfg)
@@ -327,12 +335,17 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
             prompts = [e[-budget:] if t else e for e, t in zip(encoded, truncated, strict=True)]
             try:
                 samples = _run_batch(cfg, backend, batch, prompts, stops, mode)
-            except torch.OutOfMemoryError:
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not _out_of_memory(e):
+                    raise
                 longest = max(len(x) for x in prompts)
+                fix = (f"pass a smaller --batch-size (e.g. {cfg.batch_size // 2})"
+                       if cfg.batch_size > 1 else
+                       "lower --max-new-tokens / --gen-length, or use a larger GPU")
                 raise UserError(
                     f"out of memory at --batch-size {cfg.batch_size} (prompts up to {longest} "
-                    f"tokens); pass a smaller --batch-size (e.g. {max(1, cfg.batch_size // 2)}); "
-                    "the samples finished so far are kept and the command resumes") from None
+                    f"tokens); {fix}; the samples finished so far are kept and the command "
+                    "resumes") from None
             lines = []
             for j, s, e, t in zip(batch, samples, encoded, truncated, strict=True):
                 row = {"task_id": j.task_id, "completion_id": j.completion_id,

@@ -420,6 +420,33 @@ def test_hf_llama_generates_through_the_hf_backend(llama_dir, tok):
     assert len({o.nfe for o in alone}) > 1 and dropped  # rows did finish apart, and left
 
 
+def test_hf_hybrid_model_drops_finished_rows_with_its_conv_state(tok, tmp_path):
+    # LFM2 mixes convolution and attention layers: its cache holds conv states besides keys and
+    # values, and a finished row must leave both
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Lfm2Config(vocab_size=tok.get_vocab_size(), hidden_size=64,
+                                  intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2,
+                                  layer_types=["conv", "full_attention"],
+                                  max_position_embeddings=256, eos_token_id=EOT,
+                                  pad_token_id=PAD, bos_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.Lfm2ForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    model.save_pretrained(tmp_path)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                         pad_token="<|pad|>", mask_token="<|mask|>"
+                                         ).save_pretrained(tmp_path)
+    b = load_backend(tmp_path, dtype="float64")
+    prompts = [b.tokenizer.encode(t) for t in PROMPTS]
+    b.eos_ids = [generate_ar(b, prompts[:1], ARSettings(max_new_tokens=10))[0].ids[2]]
+    alone = [generate_ar(b, [p], ARSettings(max_new_tokens=10))[0] for p in prompts]
+    assert len({o.nfe for o in alone}) > 1
+    batched = generate_ar(b, prompts, ARSettings(max_new_tokens=10))
+    assert [o.ids for o in batched] == [o.ids for o in alone]
+
+
 def test_hf_dream_convention_is_honoured(llama_dir):
     ar = load_backend(llama_dir, dtype="float64")
     dream = load_backend(llama_dir, dtype="float64", kind="dlm", convention="dream", mask_id=MASK)
@@ -586,7 +613,8 @@ def test_generate_out_of_memory_says_which_batch_size_to_try(tok, tmp_path, monk
     assert err.startswith("codediff: error:") and err.count("\n") == 1
     assert len(read_jsonl(tmp_path / "s.jsonl.partial")) == 2  # the first batch is kept
     monkeypatch.setattr(generate, "_run_batch", real)
-    assert cli(*args) == 0 and len(read_jsonl(tmp_path / "s.jsonl")) == 3
+    smaller = [a if a != "2" else "1" for a in args]  # as the message says
+    assert cli(*smaller) == 0 and len(read_jsonl(tmp_path / "s.jsonl")) == 3
 
 
 def test_generate_rejects_bad_options_before_writing(tok, tmp_path, capsys):
