@@ -63,6 +63,25 @@ def test_propose_scores():
     assert ((r >= 0) & (r < 1)).all()
 
 
+def test_propose_scores_equal_a_full_float64_softmax():
+    # scores are read off logsumexp for the one or two entries they need; on large, peaked
+    # logits with suppressed (-inf) entries they equal LLaDA's full float64 softmax
+    torch.manual_seed(0)
+    logits = torch.randn(3, 16, 4096) * 6
+    logits[..., 7] = float("-inf")
+    logits[0, :, 11] = float("-inf")
+    p = torch.softmax(logits.to(torch.float64), dim=-1)
+    for temperature in (0.0, 0.7):
+        x0, conf, ent = S.propose(logits, temperature, "prob", _gens(3))
+        torch.testing.assert_close(conf, p.gather(-1, x0[..., None])[..., 0], rtol=1e-12,
+                                   atol=1e-15)
+        want_h = -(p * p.log()).nan_to_num(0.0).sum(-1)
+        torch.testing.assert_close(ent, want_h, rtol=1e-10, atol=1e-12)
+    _, margin, _ = S.propose(logits, 0.0, "margin")
+    top2 = p.topk(2, dim=-1).values
+    torch.testing.assert_close(margin, top2[..., 0] - top2[..., 1], rtol=1e-10, atol=1e-15)
+
+
 def test_topk_commits_exactly_k_best_candidates():
     conf = torch.tensor([[0.9, 0.1, 0.8, 0.95, 0.5]])
     cand = torch.tensor([[True, True, True, False, True]])
