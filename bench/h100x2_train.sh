@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One call on two H100s (~2 min): the same short `tiny` run on 2 GPUs (torchrun, DDP for ar,
-# FSDP2 for mdm; compiled) and on 1 GPU (eager) with the same global batch: the losses should
-# agree to bf16 noise.
+# One call on two H100s (~4 min): the same short `tiny` run on 2 GPUs (torchrun, DDP for ar,
+# FSDP2 for mdm; compiled) and on 1 GPU (eager) with the same global batch and micro-batches:
+# the losses should agree to bf16 noise. (The 2026-11-27 run predates `--micro-batch 64` below,
+# so its mdm pair drew different noise.)
 #   carry: .whl (scripts/device_wheels.sh) and corpora/stdlib-5m
 set -uo pipefail  # one failed run must not skip the others
 OUT=${OUT:-out}
@@ -15,7 +16,9 @@ for spec in ar:ddp mdm:fsdp; do
     --out "runs/$obj-2gpu-$d" "${common[@]}" > "$OUT/$obj-2gpu-$d.log" 2>&1 || echo "FAILED: see $obj-2gpu-$d.log"
   echo "$obj 2 GPUs $d: $(( $(date +%s) - t0 )) s"
   t0=$(date +%s)
+  # micro-batch 64 with 2 accumulation steps: the same micro-batches (and mdm noise) as 2 ranks
   python3 -m codediff.cli train --objective "$obj" --out "runs/$obj-1gpu" "${common[@]}" --no-compile \
+    --micro-batch 64 \
     > "$OUT/$obj-1gpu.log" 2>&1 || echo "FAILED: see $obj-1gpu.log"
   echo "$obj 1 GPU: $(( $(date +%s) - t0 )) s"
 done
