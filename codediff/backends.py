@@ -240,8 +240,7 @@ class HFCausalBackend(Backend):
             a, b = 0, S - a
         out = self.model(input_ids=idx, attention_mask=mask, position_ids=position_ids,
                          past_key_values=cache, use_cache=cache is not None, **kwargs)
-        logits = out.logits
-        return _upcast(logits[:, a:b] if (a, b) != (0, logits.shape[1]) else logits)
+        return _upcast(out.logits[:, a:b])  # a view when (a, b) covers everything
 
     def new_cache(self, batch: int, capacity: int) -> Any:
         from transformers import DynamicCache

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from codediff.errors import UserError
+from codediff.errors import UserError, is_out_of_memory
 from codediff.fileio import atomic_write_text
 
 SCHEMA = "codediff.choice-score/1"
@@ -114,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         res = score_choices(model, tok, meta, rows, method=args.method, samples=args.samples,
                             seed=args.seed, batch_size=args.batch_size,
                             progress=sys.stderr.isatty())
-    except torch.OutOfMemoryError:
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(e):
+            raise
         raise UserError(f"out of memory scoring {args.batch_size} sequences at once; pass a "
                         f"smaller --batch-size (e.g. {max(1, args.batch_size // 2)}); the scores "
                         "do not depend on it beyond float rounding") from None

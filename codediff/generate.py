@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from codediff import __version__
-from codediff.errors import UserError
+from codediff.errors import UserError, is_out_of_memory
 from codediff.fileio import atomic_write_text
 
 SCHEMA = "codediff.samples/1"
@@ -215,14 +215,6 @@ def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main
 
-def _out_of_memory(e: BaseException) -> bool:
-    """CUDA's allocator raises OutOfMemoryError; cuBLAS/cuDNN report running out as a
-    RuntimeError with their own status names."""
-    return isinstance(e, torch.OutOfMemoryError) or any(
-        k in str(e) for k in ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
-                              "out of memory"))
-
-
 def run_generate(cfg: GenerateConfig) -> Path:
     """Generate (or finish generating) cfg.out; returns its path."""
     validate(cfg)
@@ -335,8 +327,8 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
             prompts = [e[-budget:] if t else e for e, t in zip(encoded, truncated, strict=True)]
             try:
                 samples = _run_batch(cfg, backend, batch, prompts, stops, mode)
-            except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _out_of_memory(e):
+            except RuntimeError as e:  # torch.OutOfMemoryError is one
+                if not is_out_of_memory(e):
                     raise
                 longest = max(len(x) for x in prompts)
                 fix = (f"pass a smaller --batch-size (e.g. {cfg.batch_size // 2})"

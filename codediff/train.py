@@ -30,7 +30,7 @@ import torch.distributed as dist
 from codediff import __version__
 from codediff.checkpoints import atomic_write_text, save_checkpoint
 from codediff.data import Corpus, TrainStream, open_corpus, val_windows
-from codediff.errors import UserError
+from codediff.errors import UserError, is_out_of_memory
 from codediff.model import ModelConfig, Transformer
 from codediff.objectives import (
     ObjectiveConfig,
@@ -281,6 +281,8 @@ class Trainer:
         else:
             self.amp_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
         self.compile = cfg.compile if cfg.compile is not None else dev.type == "cuda"
+        self._pinned: list[tuple[torch.Tensor, torch.cuda.Event]] = []  # see _to_device
+        self._pin_slot = 0
 
     # --------------------------------------------------------------- setup
 
@@ -448,12 +450,11 @@ class Trainer:
         1.9 ms to 0.5-1.0 ms this way."""
         if self.d.device.type != "cuda":
             return torch.from_numpy(batch)
-        ring = self.__dict__.setdefault("_pinned", [])
-        if not ring or ring[0][0].shape != batch.shape:
-            ring[:] = [(torch.empty(batch.shape, dtype=torch.int64, pin_memory=True),
-                        torch.cuda.Event()) for _ in range(2)]
-        self._pin_slot = slot = (getattr(self, "_pin_slot", 0) + 1) % len(ring)
-        buf, done = ring[slot]
+        if not self._pinned or self._pinned[0][0].shape != batch.shape:
+            self._pinned = [(torch.empty(batch.shape, dtype=torch.int64, pin_memory=True),
+                             torch.cuda.Event()) for _ in range(2)]
+        self._pin_slot = (self._pin_slot + 1) % len(self._pinned)
+        buf, done = self._pinned[self._pin_slot]
         done.synchronize()  # returns at once unless this buffer's last copy is still running
         buf.numpy()[...] = batch
         x = buf.to(self.d.device, non_blocking=True)
@@ -588,7 +589,9 @@ class Trainer:
                     group["lr"] = lr
                 try:
                     loss_t = self.train_step(step)
-                except torch.OutOfMemoryError:
+                except RuntimeError as e:  # torch.OutOfMemoryError is one
+                    if not is_out_of_memory(e):
+                        raise
                     raise UserError(
                         f"out of memory with micro-batch {self.micro_batch} x {self.seq_len} "
                         f"tokens; pass a smaller --micro-batch (e.g. {max(1, self.micro_batch // 2)})"

@@ -368,24 +368,29 @@ def test_dream_shift_turns_a_causal_model_into_left_to_right_decoding(tok):
 
 # ----------------------------------------------------------------------------- HF backends
 
-@pytest.fixture(scope="module")
-def llama_dir(tok, tmp_path_factory):
+def save_tiny_hf(arch: str, tok, d: Path, **config) -> Path:
+    """A tiny random transformers causal LM of `arch` ("Llama", "Lfm2", ...) with our tokenizer,
+    saved to d; the head is scaled up so greedy answers vary between prompts."""
     transformers = pytest.importorskip("transformers")
-    d = tmp_path_factory.mktemp("llama")
-    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64,
-                                   intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=256, eos_token_id=EOT,
-                                   pad_token_id=PAD, bos_token_id=None)
+    cfg = getattr(transformers, f"{arch}Config")(
+        vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, eos_token_id=EOT, pad_token_id=PAD, bos_token_id=None,
+        **config)
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg)
+    model = getattr(transformers, f"{arch}ForCausalLM")(cfg)
     with torch.no_grad():
         model.lm_head.weight.mul_(30.0)
     model.save_pretrained(d)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                                pad_token="<|pad|>", mask_token="<|mask|>")
-    fast.save_pretrained(d)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                         pad_token="<|pad|>", mask_token="<|mask|>"
+                                         ).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tok, tmp_path_factory):
+    return save_tiny_hf("Llama", tok, tmp_path_factory.mktemp("llama"))
 
 
 def test_hf_llama_generates_through_the_hf_backend(llama_dir, tok):
@@ -423,21 +428,7 @@ def test_hf_llama_generates_through_the_hf_backend(llama_dir, tok):
 def test_hf_hybrid_model_drops_finished_rows_with_its_conv_state(tok, tmp_path):
     # LFM2 mixes convolution and attention layers: its cache holds conv states besides keys and
     # values, and a finished row must leave both
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.Lfm2Config(vocab_size=tok.get_vocab_size(), hidden_size=64,
-                                  intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2,
-                                  layer_types=["conv", "full_attention"],
-                                  max_position_embeddings=256, eos_token_id=EOT,
-                                  pad_token_id=PAD, bos_token_id=None)
-    torch.manual_seed(0)
-    model = transformers.Lfm2ForCausalLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    model.save_pretrained(tmp_path)
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                         pad_token="<|pad|>", mask_token="<|mask|>"
-                                         ).save_pretrained(tmp_path)
+    save_tiny_hf("Lfm2", tok, tmp_path, layer_types=["conv", "full_attention"])
     b = load_backend(tmp_path, dtype="float64")
     prompts = [b.tokenizer.encode(t) for t in PROMPTS]
     b.eos_ids = [generate_ar(b, prompts[:1], ARSettings(max_new_tokens=10))[0].ids[2]]

@@ -297,3 +297,13 @@ def test_out_of_memory_says_which_micro_batch_to_try(corpus, tmp_path, monkeypat
         Trainer(corpus, tmp_path / "oom", micro_model(), cfg, Dist()).fit()
     state = json.loads((tmp_path / "oom" / "state" / "trainer.json").read_text())
     assert state["step"] == 2  # the steps before the failure are kept; resuming continues
+
+
+def test_out_of_memory_is_recognised_in_every_form_cuda_reports_it():
+    from codediff.errors import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                                         "`cublasCreate(handle)`"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # only the device's errors
