@@ -455,7 +455,7 @@ class Trainer:
                              torch.cuda.Event()) for _ in range(2)]
         self._pin_slot = (self._pin_slot + 1) % len(self._pinned)
         buf, done = self._pinned[self._pin_slot]
-        done.synchronize()  # returns at once unless this buffer's last copy is still running
+        done.synchronize()  # this buffer's last copy (and the compute queued before it) is done
         buf.numpy()[...] = batch
         x = buf.to(self.d.device, non_blocking=True)
         done.record()
