@@ -10,6 +10,8 @@ Variants:
   bshd        rotate in [B, S, H, hd], then transpose (torchtitan's order)
   contiguous  bshd, then .contiguous() q/k/v in [B, H, S, hd] before SDPA
   flash       bhsd with SDPA pinned to the flash kernel (cuDNN is PyTorch's pick here)
+  function    bhsd through an autograd.Function whose backward is the forward rotation by -angle
+              (the rotation's transpose), so the compiler sees the same pointwise pattern twice
   noqk        no rotation at all (the floor the others are measured against)
 
   python bench/rope_backward.py            # one H100, ~1 min
@@ -31,13 +33,29 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+class Rotate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin = ctx.saved_tensors
+        return rotate(g, cos, -sin), None, None
+
+
 def block(variant: str, x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
           heads: int) -> torch.Tensor:
     B, S, D = x.shape
     hd = D // heads
     q, k, v = (x @ w.t()).split(D, dim=-1)
     q, k, v = (t.view(B, S, heads, hd) for t in (q, k, v))
-    if variant in ("bhsd", "flash"):
+    if variant == "function":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        c, s = cos[None, None].to(q.dtype), sin[None, None].to(q.dtype)
+        q, k = Rotate.apply(q, c, s), Rotate.apply(k, c, s)
+    elif variant in ("bhsd", "flash"):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         c, s = cos[None, None], sin[None, None]  # [1, 1, S, hd/2]
         q, k = rotate(q, c.to(q.dtype), s.to(q.dtype)), rotate(k, c.to(k.dtype), s.to(k.dtype))
@@ -60,7 +78,7 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--d-model", type=int, default=384)
     ap.add_argument("--heads", type=int, default=6)
-    ap.add_argument("--variants", default="bhsd,bshd,contiguous,flash,noqk")
+    ap.add_argument("--variants", default="bhsd,bshd,contiguous,flash,function,noqk")
     ap.add_argument("--reps", type=int, default=50)
     args = ap.parse_args()
     dev = torch.device(args.device)

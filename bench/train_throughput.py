@@ -232,14 +232,17 @@ def codediff_loop(cfg: ModelConfig, objective: str, batch: int, seq: int, device
     import torch._inductor.config as inductor_config
 
     # a variant is "+"-joined: a compile mode, "cdt" (inductor coordinate-descent tuning),
-    # and/or an attention kernel (cudnn, flash, efficient)
+    # an attention kernel (cudnn, flash, efficient), and/or "fullhead" (mdm: the output head on
+    # every position instead of the masked ones only)
     parts = compile_mode.split("+")
+    flags = ("cdt", "cudnn", "flash", "efficient", "fullhead")
     inductor_config.coordinate_descent_tuning = "cdt" in parts
     attention = next((p for p in parts if p in ("cudnn", "flash", "efficient")), "auto")
-    mode = next((p for p in parts if p not in ("cdt", "cudnn", "flash", "efficient")), "default")
+    mode = next((p for p in parts if p not in flags), "default")
     tcfg = TrainConfig(objective=objective, total_tokens=10**12, batch_size=batch,
                        micro_batch=batch, lr=1e-4, compile=compile_, compile_mode=mode,
-                       attention=attention, progress=False, val_tokens=seq)
+                       attention=attention, progress=False, val_tokens=seq,
+                       mdm_masked_head="fullhead" not in parts)
     with tempfile.TemporaryDirectory() as out:
         t = Trainer(corpus, out, replace(cfg, max_seq_len=seq), tcfg, Dist(device=device))
         t.build()
@@ -275,7 +278,7 @@ def main() -> int:
     ap.add_argument("--baseline-configs", default="")
     ap.add_argument("--warm", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip what would start after this")
     ap.add_argument("--out", default=None, help="write results as JSON lines here")
     ap.add_argument("--profile", type=int, default=0,
@@ -309,11 +312,12 @@ def main() -> int:
             cfg, batch, seq = CONFIGS[cname]
             big = cname == "small"
             n_warm = args.warm or (4 if big else 8)
-            n_time = args.steps or (12 if big else 30)
+            n_time = args.steps or (30 if big else 100)  # ~1 cut mdm micro-batch per 100
             for obj in args.objectives.split(","):
                 variants = [("plain", None), ("codediff", "default")]
                 if cname in (args.extra_configs or configs[0]).split(","):
-                    variants += [("codediff", m) for m in args.extra.split(",") if m]
+                    variants += [("codediff", m) for m in args.extra.split(",")
+                                 if m and not (obj == "ar" and "fullhead" in m)]
                 if args.only_extra and cname not in args.baseline_configs.split(","):
                     variants = [v for v in variants if v[1] not in (None, "default")]
                 for kind, mode in variants:

@@ -365,13 +365,18 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, start_pos: int = 0,
                 cache: KVCache | None = None, update_cache: bool = False,
-                logits_range: tuple[int, int] | None = None) -> torch.Tensor:
+                logits_range: tuple[int, int] | None = None,
+                logits_index: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, S, V] in float32 (float64 for a float64 model); with `logits_range`
         (a, b) only those of input positions a..b-1, [B, b - a, V]: samplers read a few
-        positions, and the head over every position is most of a small model's forward."""
+        positions, and the head over every position is most of a small model's forward.
+        With `logits_index` (indices into the flattened B x S positions) [K, V]: the mdm loss
+        reads only its masked positions."""
         h = self.hidden(idx, attention_mask=attention_mask, position_ids=position_ids,
                         start_pos=start_pos, cache=cache, update_cache=update_cache)
         if logits_range is not None:
             h = h[:, logits_range[0]:logits_range[1]]
+        if logits_index is not None:
+            h = h.flatten(0, 1)[logits_index]
         logits = self.lm_head(h)
         return logits if logits.dtype == torch.float64 else logits.float()

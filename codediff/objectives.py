@@ -9,10 +9,18 @@ uninterrupted one.
 `mdm` loss (LLaDA / MDLM): per sequence t ~ U(eps, 1), each token masked with probability t,
 cross-entropy on masked positions weighted by 1/t, summed and divided by batch x length. Its
 expectation is the negative ELBO, an upper bound on the NLL in nats/token.
+
+Only masked positions carry loss, about half of them, so by default the output head and the
+cross-entropy run on a fixed number K of gathered positions instead of all B x L (`head_capacity`):
+the head is a large share of a small model's FLOPs and its logits most of the memory traffic.
+K is a static bound (one compiled graph), set so that more than K masked tokens has probability
+below 1e-9 per micro-batch; in that event the masked tokens past the K-th stay unmasked (the input
+and the loss agree, so the loss is still the exact loss of the noise actually applied).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +38,8 @@ class ObjectiveConfig:
     eps: float = 1e-3  # mdm: t ~ U(eps, 1) keeps the 1/t weight bounded
     t_sampling: str = "stratified"  # mdm: uniform | stratified (low-discrepancy) | antithetic
     cut_prob: float = 0.01  # mdm: a micro-batch is cut to a random length this often (LLaDA)
+    # mdm: run the output head only on the masked positions (see `head_capacity`)
+    masked_head: bool = True
     # the paper's AR ablations: corrupt input tokens (targets stay clean)
     ar_input_mask_prob: float = 0.0  # replace an input token by the mask token
     ar_input_noise_prob: float = 0.0  # replace an input token by a uniformly random token
@@ -74,6 +84,29 @@ def sample_t(n: int, eps: float, how: str, g: torch.Generator, device) -> torch.
     return eps + (1.0 - eps) * u
 
 
+def head_capacity(batch: int, seq_len: int, eps: float, how: str,
+                  delta: float = 1e-9) -> int | None:
+    """K for the masked-position head: a bound on the masked tokens of a micro-batch that holds
+    with probability >= 1 - delta, or None when K would not save enough to pay for the gather.
+
+    Given the times t_i the mask count is a sum of N = batch x seq_len independent Bernoullis, so
+    Hoeffding gives P(count >= mean + a) <= exp(-2 a^2 / N). The mean L * sum(t_i) has a
+    deterministic bound for stratified times (the u_i are a shifted grid k/n + theta/n, so
+    sum u_i < (n + 1) / 2) and antithetic pairs (each pair sums to 1 + eps); uniform times have
+    none, so they keep the full head."""
+    n, N = batch, batch * seq_len
+    if how == "stratified":
+        sum_t = n * eps + (1 - eps) * (n + 1) / 2
+    elif how == "antithetic":
+        sum_t = (n // 2) * (1 + eps) + (n % 2)
+    else:
+        return None
+    a = math.sqrt(N * math.log(1 / delta) / 2)
+    k = math.ceil(seq_len * sum_t + a)
+    k = -(-k // 64) * 64  # round up: matmul-friendly shapes
+    return k if k <= 0.8 * N else None
+
+
 def draw_noise(cfg: ObjectiveConfig, batch: int, seq_len: int, g: torch.Generator,
                device) -> dict:
     """All random numbers one micro-batch needs. `length` < seq_len marks a cut micro-batch."""
@@ -86,6 +119,8 @@ def draw_noise(cfg: ObjectiveConfig, batch: int, seq_len: int, g: torch.Generato
         length = int(torch.randint(1, seq_len + 1, (1,), generator=host).item())
         noise["length"] = length if cut else seq_len
         noise["t"] = sample_t(batch, cfg.eps, cfg.t_sampling, g, device)
+        if cfg.masked_head and noise["length"] == seq_len:
+            noise["head_tokens"] = head_capacity(batch, seq_len, cfg.eps, cfg.t_sampling)
         noise["u"] = torch.rand(batch, seq_len, generator=g, device=device)
     elif cfg.ar_input_mask_prob > 0 or cfg.ar_input_noise_prob > 0:
         noise["u"] = torch.rand(batch, seq_len, generator=g, device=device)
@@ -114,10 +149,23 @@ def mdm_loss(model, x: torch.Tensor, noise: dict, cfg: ObjectiveConfig) -> torch
     x0 = x[:, :L]
     t, u = noise["t"], noise["u"][:, :L]
     masked = u < t[:, None]
-    xt = torch.where(masked, cfg.mask_id, x0)
-    logits = model(xt)
-    ce = F.cross_entropy(logits.flatten(0, 1), x0.flatten(), reduction="none").view_as(x0)
-    weight = masked.to(ce.dtype) / t[:, None]
+    K = noise.get("head_tokens")
+    if K is None:
+        xt = torch.where(masked, cfg.mask_id, x0)
+        logits = model(xt)
+        ce = F.cross_entropy(logits.flatten(0, 1), x0.flatten(), reduction="none").view_as(x0)
+        weight = masked.to(ce.dtype) / t[:, None]
+        return (ce * weight).sum() / x0.numel()
+    # masked-position head: cap the mask at K tokens (a no-op but with probability < 1e-9),
+    # gather the masked positions first (a stable sort keeps their order), pad with unmasked
+    # ones that get weight 0
+    flat = masked.flatten()
+    flat = flat & (flat.cumsum(0) <= K)
+    xt = torch.where(flat.view_as(x0), cfg.mask_id, x0)
+    idx = torch.sort((~flat).to(torch.uint8), stable=True).indices[:K]
+    logits = model(xt, logits_index=idx)  # [K, V]
+    ce = F.cross_entropy(logits, x0.flatten()[idx], reduction="none")
+    weight = flat[idx].to(ce.dtype) / t[idx // L]
     return (ce * weight).sum() / x0.numel()
 
 

@@ -71,6 +71,7 @@ class TrainConfig:
     t_sampling: str = "stratified"
     mdm_eps: float = 1e-3
     cut_prob: float = 0.01
+    mdm_masked_head: bool = True  # mdm: output head on the masked positions only (same loss)
     ar_input_mask_prob: float = 0.0
     ar_input_noise_prob: float = 0.0
     # validation and checkpoints at log-spaced token counts
@@ -269,6 +270,7 @@ class Trainer:
             self.obj = ObjectiveConfig(name=cfg.objective, mask_id=c.mask_id, pad_id=c.pad_id,
                                        eps=cfg.mdm_eps, t_sampling=cfg.t_sampling,
                                        cut_prob=cfg.cut_prob,
+                                       masked_head=cfg.mdm_masked_head,
                                        ar_input_mask_prob=cfg.ar_input_mask_prob,
                                        ar_input_noise_prob=cfg.ar_input_noise_prob,
                                        vocab_size=model_cfg.vocab_size)
@@ -471,11 +473,17 @@ class Trainer:
             return contextlib.nullcontext()
         return self.wrapped.no_sync()
 
-    def attention_kernels(self):
-        """Pin the SDPA kernel (the first choice, falling back to flash, then math)."""
-        if self.cfg.attention == "auto":
-            return contextlib.nullcontext()
+    def attention_kernels(self, new_shape: bool = False):
+        """Pin the SDPA kernel (the first choice, falling back to flash, then math). A cut mdm
+        micro-batch (`new_shape`) has a length seen once: "auto" then skips cuDNN attention,
+        which builds an execution plan per new shape."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        if self.cfg.attention == "auto":
+            if new_shape and self.d.device.type == "cuda":
+                return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                    SDPBackend.MATH])
+            return contextlib.nullcontext()
 
         names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
                  "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
@@ -489,7 +497,7 @@ class Trainer:
             noise = draw_noise(self.obj, x.shape[0], self.seq_len, gen, self.d.device)
             fn = self.loss_for(noise)
             with self._sync_context(a == self.accum - 1), self.autocast(), \
-                    self.attention_kernels():
+                    self.attention_kernels(noise["length"] != self.seq_len):
                 loss = fn(self.wrapped, x, noise, self.obj) / self.accum
             loss.backward()
             total += loss.detach()

@@ -19,8 +19,15 @@ from safetensors.torch import load_file
 from codediff.checkpoints import load_checkpoint
 from codediff.data import EpochOrder, TrainStream, open_corpus
 from codediff.errors import UserError
-from codediff.model import ModelConfig
-from codediff.objectives import ObjectiveConfig, ar_loss, draw_noise, micro_batch_generator
+from codediff.model import ModelConfig, Transformer
+from codediff.objectives import (
+    ObjectiveConfig,
+    ar_loss,
+    draw_noise,
+    head_capacity,
+    mdm_loss,
+    micro_batch_generator,
+)
 from codediff.train import Dist, TrainConfig, Trainer, log_spaced_steps, parse_tokens, schedule_lr
 from tests.conftest_train import make_corpus
 
@@ -159,6 +166,63 @@ def test_ar_input_corruption_ablations():
     masked = (inp == 1).float().mean().item()
     changed = (inp != x[:, :-1]).float().mean().item()
     assert 0.2 < masked < 0.4 and 0.4 < changed < 0.6
+
+
+@pytest.mark.parametrize("how", ["stratified", "antithetic"])
+def test_masked_head_gives_the_full_heads_loss_and_gradients(how):
+    # the mdm loss with the head on the gathered masked positions is the same function of the
+    # weights as with the head on every position (float64: equal to rounding)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=300, n_layer=2, n_head=4, d_model=64,
+                                    max_seq_len=128, causal=False)).double()
+    B, L = 16, 128
+    x = torch.randint(3, 300, (B, L + 1))
+    sparse = ObjectiveConfig("mdm", mask_id=1, t_sampling=how)
+    full = ObjectiveConfig("mdm", mask_id=1, t_sampling=how, masked_head=False)
+    for index in range(3):
+        results = []
+        for cfg in (sparse, full):
+            noise = draw_noise(cfg, B, L, micro_batch_generator(0, index, "cpu"), "cpu")
+            model.zero_grad()
+            loss = mdm_loss(model, x, noise, cfg)
+            loss.backward()
+            results.append((noise.get("head_tokens"), loss.detach(),
+                            [p.grad.clone() for p in model.parameters()]))
+        (k, loss_s, grad_s), (k_full, loss_f, grad_f) = results
+        assert k_full is None and k is not None and k < 0.7 * B * L
+        torch.testing.assert_close(loss_s, loss_f, rtol=1e-12, atol=0)
+        for a, b in zip(grad_s, grad_f, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_masked_head_capacity_bounds_the_mask_and_caps_it_consistently():
+    # the bound holds on many draws; uniform times have no bound (full head)
+    B, L = 8, 256
+    assert head_capacity(B, L, 1e-3, "uniform") is None
+    assert head_capacity(2, 16, 1e-3, "stratified") is None  # too small to pay for the gather
+    for how in ("stratified", "antithetic"):
+        cfg = ObjectiveConfig("mdm", mask_id=1, t_sampling=how)
+        K = head_capacity(B, L, 1e-3, how)
+        for index in range(300):
+            noise = draw_noise(cfg, B, L, micro_batch_generator(1, index, "cpu"), "cpu")
+            count = int((noise["u"] < noise["t"][:, None]).sum())
+            assert count <= K, (how, index, count, K)
+    # forced overflow: the masked tokens past the K-th stay visible in the input and carry no loss
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, logits_index=None):
+            seen["x"], seen["index"] = x, logits_index
+            return torch.zeros(len(logits_index), 50, requires_grad=True)
+
+    cfg = ObjectiveConfig("mdm", mask_id=1)
+    x = torch.randint(3, 50, (B, L + 1))
+    noise = draw_noise(cfg, B, L, micro_batch_generator(0, 0, "cpu"), "cpu")
+    noise["head_tokens"] = 100
+    mdm_loss(Spy(), x, noise, cfg)
+    masked = seen["x"] == 1
+    assert int(masked.sum()) == 100
+    assert sorted(seen["index"].tolist()) == masked.flatten().nonzero().flatten().tolist()
 
 
 # ----------------------------------------------------------------------------- resume
