@@ -3,12 +3,12 @@
 # carried corpus, then run bench/generate_throughput.py at batch 16 and at batch 1. Each stage
 # is capped with `timeout` and packs its results into $OUT at once (the device returns at most
 # 8 files, and a call that runs out of time keeps what is already there).
-#   carry: .whl (scripts/device_wheels.sh) and corpora/gen-8m, built here with
+#   carry: .whl (scripts/device_wheels.sh), corpora/codechoice.jsonl and corpora/gen-8m, built with
 #   codediff corpus --source stdlib --source site-packages -U 8M --val-tokens 200k --out corpora/gen-8m
 set -uo pipefail
 OUT=${OUT:-out}
 AR_TOKENS=${AR_TOKENS:-30M}
-MDM_TOKENS=${MDM_TOKENS:-120M}
+MDM_TOKENS=${MDM_TOKENS:-200M}
 CONFIGS=${CONFIGS:-ar_kv dlm_1tok dlm_threshold dlm_thr_prefix dlm_thr_dual}
 mkdir -p "$OUT" runs
 train() {  # objective tokens
@@ -29,5 +29,15 @@ bench() {  # name seconds args...
 }
 CONFIGS="$CONFIGS dlm_thr0.7_dual"
 bench gen-b16 ${B16_SECONDS:-120} --limit 64 --batch-size 16 --extra-taus 0.7
-bench gen-b1 ${B1_SECONDS:-180} --limit 16 --extra-taus 0.7
-tar czf "$OUT/runs.tgz" runs/ar/metrics.jsonl runs/mdm/metrics.jsonl runs/*/run.json
+bench gen-b1 ${B1_SECONDS:-240} --limit 16 --extra-taus 0.7
+# quality beside speed: 4-way code-choice accuracy of both models (corpora/codechoice.jsonl, built
+# here with `codediff codechoice`; carried)
+if [ -f corpora/codechoice.jsonl ]; then
+  for m in ar mdm; do
+    timeout "${CHOICE_SECONDS:-60}" python3 -m codediff.cli score --model "runs/$m" \
+      --choices corpora/codechoice.jsonl --out "runs/$m/codechoice.json" \
+      > "runs/$m/codechoice.log" 2>&1 || echo "score $m: exit $?"
+    tail -n 2 "runs/$m/codechoice.log"
+  done
+fi
+tar czf "$OUT/runs.tgz" runs/ar/metrics.jsonl runs/mdm/metrics.jsonl runs/*/run.json runs/*/codechoice.*

@@ -181,7 +181,7 @@ class NativeBackend(Backend):
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
                 update_cache=False, logits_range=None):
         weights = next(self.model.parameters()).dtype
-        with _forward_context(self.device, self.dtype if weights == torch.float32 else None):
+        with forward_context(self.device, self.dtype if weights == torch.float32 else None):
             out = self.model(idx, attention_mask=attention_mask, position_ids=position_ids,
                              start_pos=start_pos, cache=cache, update_cache=update_cache,
                              logits_range=logits_range)
@@ -238,7 +238,7 @@ class HFCausalBackend(Backend):
         if self._keeps and b == S and a > 0:
             kwargs["logits_to_keep"] = S - a
             a, b = 0, S - a
-        with _forward_context(self.device, None):
+        with forward_context(self.device, None):
             out = self.model(input_ids=idx, attention_mask=mask, position_ids=position_ids,
                              past_key_values=cache, use_cache=cache is not None, **kwargs)
         return _upcast(out.logits[:, a:b])  # a view when (a, b) covers everything
@@ -290,7 +290,7 @@ class HFDiffusionBackend(Backend):
                 kwargs["attention_mask"] = attention_mask.to(torch.long)
             if position_ids is not None and self._takes_positions:
                 kwargs["position_ids"] = position_ids
-        with _forward_context(self.device, self.dtype):
+        with forward_context(self.device, self.dtype):
             out = self.model(idx, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]
         a, b = logits_range if logits_range is not None else (0, logits.shape[1])
@@ -578,7 +578,7 @@ def _as_list(v: Any) -> list[int]:
     return [int(v)]
 
 
-class _forward_context:
+class forward_context:
     """Around every generation / scoring forward on CUDA: bf16/fp16 autocast when asked for, and
     SDPA without cuDNN attention. cuDNN, PyTorch's first pick on Hopper, builds an execution plan
     for every new shape, and here shapes rarely repeat (a decode step's key length grows by one;

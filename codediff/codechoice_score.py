@@ -24,7 +24,7 @@ SCHEMA = "codediff.choice-score/1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="codediff checkpoint folder")
+    parser.add_argument("--model", required=True, help="codediff checkpoint folder, or a run dir (its newest checkpoint)")
     parser.add_argument("--choices", required=True, help="JSONL from `codediff codechoice`")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--method", default="auto", choices=("auto", "exact", "elbo", "pll"),
@@ -101,19 +101,21 @@ def score_choices(model, tokenizer, meta: dict, rows: list[dict], *, method: str
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from codediff.backends import forward_context, resolve_checkpoint
     from codediff.checkpoints import load_checkpoint
 
     rows = read_choices(args.choices)[: args.limit]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok, meta = load_checkpoint(args.model, device=device)
+    model, tok, meta = load_checkpoint(resolve_checkpoint(args.model), device=device)
     if args.method in ("elbo", "pll") and meta["objective"] != "mdm":
         raise UserError(f"--method {args.method} needs an mdm checkpoint; use exact or auto")
     if args.method == "exact" and meta["objective"] != "ar":
         raise UserError("--method exact needs an ar checkpoint; use elbo, pll or auto")
     try:
-        res = score_choices(model, tok, meta, rows, method=args.method, samples=args.samples,
-                            seed=args.seed, batch_size=args.batch_size,
-                            progress=sys.stderr.isatty())
+        with forward_context(torch.device(device), None):  # sequence lengths vary: no cuDNN
+            res = score_choices(model, tok, meta, rows, method=args.method,
+                                samples=args.samples, seed=args.seed,
+                                batch_size=args.batch_size, progress=sys.stderr.isatty())
     except RuntimeError as e:  # torch.OutOfMemoryError is one
         if not is_out_of_memory(e):
             raise

@@ -49,6 +49,20 @@ def test_score_ar_and_mdm(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_score_takes_a_run_dir_and_uses_its_newest_checkpoint(tmp_path, capsys):
+    choices = tmp_path / "choices.jsonl"
+    choices.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    ckpt = _checkpoint(tmp_path, "ar")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt.rename(run / "checkpoints" / "tokens-1000")
+    out = tmp_path / "run.json"
+    assert main(["score", "--model", str(run), "--choices", str(choices), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert json.loads(out.read_text())["n"] == 6
+    capsys.readouterr()
+
+
 def test_coupled_elbo_scores_identical_options_identically(tmp_path):
     from codediff.checkpoints import load_checkpoint
     from codediff.likelihood import score
