@@ -29,12 +29,12 @@ bench() {  # name seconds args...
 }
 CONFIGS="$CONFIGS dlm_thr0.7_dual"
 bench gen-b16 ${B16_SECONDS:-120} --limit 64 --batch-size 16 --extra-taus 0.7
-bench gen-b1 ${B1_SECONDS:-240} --limit 16 --extra-taus 0.7
+bench gen-b1 ${B1_SECONDS:-200} --limit 16 --extra-taus 0.7
 # quality beside speed: 4-way code-choice accuracy of both models (corpora/codechoice.jsonl, built
 # here with `codediff codechoice`; carried)
 if [ -f corpora/codechoice.jsonl ]; then
   for m in ar mdm; do
-    timeout "${CHOICE_SECONDS:-60}" python3 -m codediff.cli score --model "runs/$m" \
+    timeout "${CHOICE_SECONDS:-50}" python3 -m codediff.cli score --model "runs/$m" \
       --choices corpora/codechoice.jsonl --out "runs/$m/codechoice.json" \
       > "runs/$m/codechoice.log" 2>&1 || echo "score $m: exit $?"
     tail -n 2 "runs/$m/codechoice.log"
