@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# One H100 call (~9 min): SDPA's per-shape cost (bench/sdpa_shapes.py), the rotary-backward study, then the training-throughput benchmark
-# (tiny and small, ar and mdm; default compile mode, CUDA graphs, and mdm with the output head on
-# every position instead of the masked ones; host breakdown, profiles).
-# Each stage is capped with `timeout` and writes into $OUT as it goes.
+# One H100 call (~8 min): the rotary-backward study (bench/rope_backward.py), then the
+# training-throughput benchmark: tiny and small, ar and mdm, the plain loop against codediff's
+# default (CUDA graphs on one GPU, masked-position head for mdm, Triton RoPE), plus codediff
+# without CUDA graphs (tiny) and with RoPE left to the compiler (both). Each stage is capped
+# with `timeout` and writes into $OUT as it goes.
 #   carry: .whl (scripts/device_wheels.sh; only tqdm is needed)
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 t0=$(date +%s)
-timeout 60 python3 bench/sdpa_shapes.py > "$OUT/sdpa.log" 2>&1 || echo "sdpa_shapes: exit $?"
-cat "$OUT/sdpa.log"
-timeout "${ROPE_SECONDS:-100}" python3 bench/rope_backward.py > "$OUT/rope.log" 2>&1 \
+timeout "${ROPE_SECONDS:-70}" python3 bench/rope_backward.py > "$OUT/rope.log" 2>&1 \
   || echo "rope_backward: stopped or failed (exit $?)"
-grep -v -i warn "$OUT/rope.log" | tail -n 12
+grep -v -i warn "$OUT/rope.log" | tail -n 14
 echo "rope done at $(( $(date +%s) - t0 )) s"
-timeout "${TRAIN_SECONDS:-440}" python3 bench/train_throughput.py --extra reduce-overhead,fullhead \
-  --extra-configs tiny,small --host 20 --profile 3 --profile-dir "$OUT/prof" \
-  --out "$OUT/train.jsonl" > "$OUT/train.log" 2>&1 || echo "train_throughput: stopped (exit $?)"
-tail -n 16 "$OUT/train.log"
+tp() {  # config extras seconds
+  timeout "$3" python3 bench/train_throughput.py --configs "$1" --extra "$2" --extra-configs "$1" \
+    --host 20 --profile 3 --profile-dir "$OUT/prof" --out "$OUT/train.jsonl" \
+    >> "$OUT/train.log" 2>&1 || echo "train_throughput $1: stopped (exit $?)"
+}
+tp tiny default,nofusedrope "${TINY_SECONDS:-200}"
+tp small nofusedrope "${SMALL_SECONDS:-280}"
+grep -E "^(config|tiny|small) " "$OUT/train.log"
 echo "total $(( $(date +%s) - t0 )) s"

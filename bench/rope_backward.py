@@ -10,6 +10,7 @@ Variants:
   bshd        rotate in [B, S, H, hd], then transpose (torchtitan's order)
   contiguous  bshd, then .contiguous() q/k/v in [B, H, S, hd] before SDPA
   flash       bhsd with SDPA pinned to the flash kernel (cuDNN is PyTorch's pick here)
+  kernel      codediff's Triton split + rotate (codediff/rope_kernel.py), one kernel each way
   function    bhsd through an autograd.Function whose backward is the forward rotation by -angle
               (the rotation's transpose), so the compiler sees the same pointwise pattern twice
   noqk        no rotation at all (the floor the others are measured against)
@@ -26,6 +27,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -49,6 +52,12 @@ def block(variant: str, x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin
           heads: int) -> torch.Tensor:
     B, S, D = x.shape
     hd = D // heads
+    if variant == "kernel":
+        from codediff.rope_kernel import rope_qkv
+
+        q, k, v = rope_qkv(x @ w.t(), cos, sin, heads, heads).split(heads, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return y.transpose(1, 2).reshape(B, S, D)
     q, k, v = (x @ w.t()).split(D, dim=-1)
     q, k, v = (t.view(B, S, heads, hd) for t in (q, k, v))
     if variant == "function":
@@ -78,7 +87,7 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--d-model", type=int, default=384)
     ap.add_argument("--heads", type=int, default=6)
-    ap.add_argument("--variants", default="bhsd,bshd,contiguous,flash,function,noqk")
+    ap.add_argument("--variants", default="bhsd,kernel,bshd,flash,function,noqk")
     ap.add_argument("--reps", type=int, default=50)
     args = ap.parse_args()
     dev = torch.device(args.device)

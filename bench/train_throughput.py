@@ -232,13 +232,13 @@ def codediff_loop(cfg: ModelConfig, objective: str, batch: int, seq: int, device
     import torch._inductor.config as inductor_config
 
     # a variant is "+"-joined: a compile mode, "cdt" (inductor coordinate-descent tuning),
-    # an attention kernel (cudnn, flash, efficient), and/or "fullhead" (mdm: the output head on
-    # every position instead of the masked ones only)
+    # an attention kernel (cudnn, flash, efficient), "fullhead" (mdm: the output head on every
+    # position instead of the masked ones only) and/or "nofusedrope" (RoPE left to the compiler)
     parts = compile_mode.split("+")
-    flags = ("cdt", "cudnn", "flash", "efficient", "fullhead")
+    flags = ("cdt", "cudnn", "flash", "efficient", "fullhead", "nofusedrope")
     inductor_config.coordinate_descent_tuning = "cdt" in parts
     attention = next((p for p in parts if p in ("cudnn", "flash", "efficient")), "auto")
-    mode = next((p for p in parts if p not in flags), "default")
+    mode = next((p for p in parts if p not in flags), "auto")
     tcfg = TrainConfig(objective=objective, total_tokens=10**12, batch_size=batch,
                        micro_batch=batch, lr=1e-4, compile=compile_, compile_mode=mode,
                        attention=attention, progress=False, val_tokens=seq,
@@ -246,6 +246,10 @@ def codediff_loop(cfg: ModelConfig, objective: str, batch: int, seq: int, device
     with tempfile.TemporaryDirectory() as out:
         t = Trainer(corpus, out, replace(cfg, max_seq_len=seq), tcfg, Dist(device=device))
         t.build()
+        if "nofusedrope" in parts:  # RoPE by the compiler instead of codediff's Triton kernel
+            for m in t.model.modules():
+                if hasattr(m, "fused_rope"):
+                    m.fused_rope = False
         warm = t.warmup
 
         def step(i: int) -> None:
@@ -314,12 +318,12 @@ def main() -> int:
             n_warm = args.warm or (4 if big else 8)
             n_time = args.steps or (30 if big else 100)  # ~1 cut mdm micro-batch per 100
             for obj in args.objectives.split(","):
-                variants = [("plain", None), ("codediff", "default")]
+                variants = [("plain", None), ("codediff", "auto")]
                 if cname in (args.extra_configs or configs[0]).split(","):
                     variants += [("codediff", m) for m in args.extra.split(",")
                                  if m and not (obj == "ar" and "fullhead" in m)]
                 if args.only_extra and cname not in args.baseline_configs.split(","):
-                    variants = [v for v in variants if v[1] not in (None, "default")]
+                    variants = [v for v in variants if v[1] not in (None, "auto")]
                 for kind, mode in variants:
                     if time.time() - start > args.budget_s:
                         print(f"budget spent: skipping {cname} {obj} {kind} {mode}", flush=True)
@@ -358,7 +362,7 @@ def main() -> int:
         plain = next((p for p in rows if p["config"] == r["config"] and p["objective"] ==
                       r["objective"] and p["loop"] == "plain"), None)
         ratio = r["tokens_per_s"] / plain["tokens_per_s"] if plain else math.nan
-        loop = r["loop"] + (f" ({r['mode']})" if r["mode"] not in (None, "default") else "")
+        loop = r["loop"] + (f" ({r['mode']})" if r["mode"] not in (None, "auto") else "")
         print(f"{r['config']:<6} {r['objective']:<4} {loop:<24} {r['tokens_per_s']:>11,.0f} "
               f"{r['mfu']:>6.1%} {ratio:>8.2f}x")
     if out:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from codediff import rope_kernel
+
 
 @dataclass
 class ModelConfig:
@@ -178,6 +180,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.fused_rope = True  # the Triton split + rotate on CUDA where it applies
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                 mask: torch.Tensor | None, start_pos: int, cache_kv: tuple | None,
@@ -185,13 +188,20 @@ class Attention(nn.Module):
         B, S, _ = x.shape
         hd = self.head_dim
         qkv = self.wqkv(x)
-        q, k, v = qkv.split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
-        q = q.view(B, S, self.n_head, hd).transpose(1, 2)
-        k = k.view(B, S, self.n_kv_head, hd).transpose(1, 2)
-        v = v.view(B, S, self.n_kv_head, hd).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.fused_rope and cache_kv is None and self.q_norm is None and qkv.is_cuda \
+                and cos.shape[0] == 1 and (hd // 2) & (hd // 2 - 1) == 0 and rope_kernel.available():
+            # split + rotate in one Triton kernel each way (codediff/rope_kernel.py says why)
+            q, k, v = rope_kernel.rope_qkv(qkv, cos[0], sin[0], self.n_head, self.n_kv_head) \
+                .split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
+        else:
+            q, k, v = qkv.split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd],
+                                dim=-1)
+            q = q.view(B, S, self.n_head, hd).transpose(1, 2)
+            k = k.view(B, S, self.n_kv_head, hd).transpose(1, 2)
+            v = v.view(B, S, self.n_kv_head, hd).transpose(1, 2)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         if cache_kv is not None:
             ck, cv = cache_kv

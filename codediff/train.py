@@ -85,7 +85,10 @@ class TrainConfig:
     # machinery
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU) | bfloat16 | float32
     compile: bool | None = None  # None -> on CUDA
-    compile_mode: str = "default"
+    # auto: CUDA graphs ("reduce-overhead") for one process on a GPU, where a small model's step
+    # is bound by kernel launches; "default" under DDP / FSDP2, whose hooks CUDA graphs do not
+    # capture
+    compile_mode: str = "auto"
     attention: str = "auto"  # SDPA kernel: auto | cudnn | flash | efficient | math
     dist: str = "ddp"  # ddp | fsdp (used when launched with several processes)
     activation_checkpointing: bool = False
@@ -354,7 +357,11 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                            fused=True if d.device.type == "cuda" else None)
         self.loss_eager = loss_fn(self.obj)
-        self.loss_compiled = torch.compile(self.loss_eager, mode=cfg.compile_mode) \
+        self.compile_mode = cfg.compile_mode
+        if self.compile_mode == "auto":
+            self.compile_mode = "reduce-overhead" if d.world == 1 and d.device.type == "cuda" \
+                else "default"
+        self.loss_compiled = torch.compile(self.loss_eager, mode=self.compile_mode) \
             if self.compile else self.loss_eager
 
     def loss_for(self, noise: dict):
