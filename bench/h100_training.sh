@@ -9,8 +9,10 @@ set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 t0=$(date +%s)
-timeout "${ROPE_SECONDS:-70}" python3 bench/rope_backward.py > "$OUT/rope.log" 2>&1 \
-  || echo "rope_backward: stopped or failed (exit $?)"
+if ! timeout "${ROPE_SECONDS:-70}" python3 bench/rope_backward.py > "$OUT/rope.log" 2>&1; then
+  echo "rope_backward: stopped or failed: the throughput runs go on without the Triton RoPE"
+  export CODEDIFF_FUSED_ROPE=0
+fi
 grep -v -i warn "$OUT/rope.log" | tail -n 14
 echo "rope done at $(( $(date +%s) - t0 )) s"
 tp() {  # config extras seconds

@@ -16,6 +16,8 @@ meta / fake tensors) it runs the same maths in plain PyTorch.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:  # triton ships with CUDA builds of torch; CPU-only installs do without it
@@ -26,7 +28,9 @@ except ImportError:  # pragma: no cover - exercised where triton is missing
 
 
 def available() -> bool:
-    return triton is not None and torch.cuda.is_available()
+    """Triton and a GPU are there, and CODEDIFF_FUSED_ROPE is not 0 (the escape hatch)."""
+    return triton is not None and torch.cuda.is_available() and \
+        os.environ.get("CODEDIFF_FUSED_ROPE", "1") != "0"
 
 
 if triton is not None:
