@@ -59,6 +59,16 @@ def read_choices(path: str | os.PathLike) -> list[dict]:
 def score_choices(model, tokenizer, meta: dict, rows: list[dict], *, method: str = "auto",
                   samples: int = 64, seed: int = 0, batch_size: int = 64,
                   progress: bool = False) -> dict:
+    from codediff.backends import forward_context
+
+    # every row has its own sequence lengths: keep cuDNN attention (a plan per shape) out
+    with forward_context(next(model.parameters()).device, None):
+        return _score_rows(model, tokenizer, meta, rows, method, samples, seed, batch_size,
+                           progress)
+
+
+def _score_rows(model, tokenizer, meta: dict, rows: list[dict], method: str, samples: int,
+                seed: int, batch_size: int, progress: bool) -> dict:
     from tqdm import tqdm
 
     from codediff.checkpoints import unwrap
@@ -101,7 +111,7 @@ def score_choices(model, tokenizer, meta: dict, rows: list[dict], *, method: str
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from codediff.backends import forward_context, resolve_checkpoint
+    from codediff.backends import resolve_checkpoint
     from codediff.checkpoints import load_checkpoint
 
     rows = read_choices(args.choices)[: args.limit]
@@ -112,10 +122,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "exact" and meta["objective"] != "ar":
         raise UserError("--method exact needs an ar checkpoint; use elbo, pll or auto")
     try:
-        with forward_context(torch.device(device), None):  # sequence lengths vary: no cuDNN
-            res = score_choices(model, tok, meta, rows, method=args.method,
-                                samples=args.samples, seed=args.seed,
-                                batch_size=args.batch_size, progress=sys.stderr.isatty())
+        res = score_choices(model, tok, meta, rows, method=args.method, samples=args.samples,
+                            seed=args.seed, batch_size=args.batch_size,
+                            progress=sys.stderr.isatty())
     except RuntimeError as e:  # torch.OutOfMemoryError is one
         if not is_out_of_memory(e):
             raise

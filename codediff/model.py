@@ -180,7 +180,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.fused_rope = True  # the Triton split + rotate on CUDA where it applies
+        self.fused_rope = True  # the Triton split + rotate when training on CUDA
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                 mask: torch.Tensor | None, start_pos: int, cache_kv: tuple | None,
@@ -188,9 +188,11 @@ class Attention(nn.Module):
         B, S, _ = x.shape
         hd = self.head_dim
         qkv = self.wqkv(x)
-        if self.fused_rope and cache_kv is None and self.q_norm is None and qkv.is_cuda \
-                and cos.shape[0] == 1 and (hd // 2) & (hd // 2 - 1) == 0 and rope_kernel.available():
-            # split + rotate in one Triton kernel each way (codediff/rope_kernel.py says why)
+        if self.fused_rope and self.training and cache_kv is None and self.q_norm is None \
+                and qkv.is_cuda and cos.shape[0] == 1 and (hd // 2) & (hd // 2 - 1) == 0 \
+                and rope_kernel.available():
+            # training: split + rotate in one Triton kernel each way (codediff/rope_kernel.py
+            # says why); generation keeps the plain path its benchmarks were measured with
             q, k, v = rope_kernel.rope_qkv(qkv, cos[0], sin[0], self.n_head, self.n_kv_head) \
                 .split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         else:
