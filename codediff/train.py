@@ -50,6 +50,15 @@ RESUMABLE_CHANGES = {"compile", "compile_mode", "attention", "log_every", "save_
                      "stop_after_steps"}
 
 
+def resolve_compile_mode(mode: str, world: int, device_type: str, accum: int) -> str:
+    """`auto` -> CUDA graphs ("reduce-overhead") where they were measured to help: one process on
+    a GPU, no gradient accumulation; "default" otherwise. Other modes pass through."""
+    if mode != "auto":
+        return mode
+    graphs = world == 1 and device_type == "cuda" and accum == 1
+    return "reduce-overhead" if graphs else "default"
+
+
 @dataclass
 class TrainConfig:
     objective: str = "ar"
@@ -85,9 +94,9 @@ class TrainConfig:
     # machinery
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU) | bfloat16 | float32
     compile: bool | None = None  # None -> on CUDA
-    # auto: CUDA graphs ("reduce-overhead") for one process on a GPU, where a small model's step
-    # is bound by kernel launches; "default" under DDP / FSDP2, whose hooks CUDA graphs do not
-    # capture
+    # auto: CUDA graphs ("reduce-overhead") for one process on a GPU without gradient
+    # accumulation, where a small model's step is bound by kernel launches; "default" otherwise
+    # (DDP / FSDP2 communication hooks are not captured by CUDA graphs)
     compile_mode: str = "auto"
     attention: str = "auto"  # SDPA kernel: auto | cudnn | flash | efficient | math
     dist: str = "ddp"  # ddp | fsdp (used when launched with several processes)
@@ -357,10 +366,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                            fused=True if d.device.type == "cuda" else None)
         self.loss_eager = loss_fn(self.obj)
-        self.compile_mode = cfg.compile_mode
-        if self.compile_mode == "auto":
-            self.compile_mode = "reduce-overhead" if d.world == 1 and d.device.type == "cuda" \
-                else "default"
+        self.compile_mode = resolve_compile_mode(cfg.compile_mode, d.world, d.device.type,
+                                                 self.accum)
         self.loss_compiled = torch.compile(self.loss_eager, mode=self.compile_mode) \
             if self.compile else self.loss_eager
 

@@ -28,7 +28,15 @@ from codediff.objectives import (
     mdm_loss,
     micro_batch_generator,
 )
-from codediff.train import Dist, TrainConfig, Trainer, log_spaced_steps, parse_tokens, schedule_lr
+from codediff.train import (
+    Dist,
+    TrainConfig,
+    Trainer,
+    log_spaced_steps,
+    parse_tokens,
+    resolve_compile_mode,
+    schedule_lr,
+)
 from tests.conftest_train import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +155,14 @@ def test_schedules_and_grids():
     assert parse_tokens("300M") == 300_000_000 and parse_tokens("1.5B") == 1_500_000_000
     with pytest.raises(UserError):
         parse_tokens("lots")
+
+
+def test_compile_mode_auto_uses_cuda_graphs_only_on_one_gpu_without_accumulation():
+    assert resolve_compile_mode("auto", 1, "cuda", 1) == "reduce-overhead"
+    assert resolve_compile_mode("auto", 2, "cuda", 1) == "default"  # DDP / FSDP2 hooks
+    assert resolve_compile_mode("auto", 1, "cuda", 4) == "default"  # accumulation
+    assert resolve_compile_mode("auto", 1, "cpu", 1) == "default"
+    assert resolve_compile_mode("max-autotune", 2, "cuda", 1) == "max-autotune"
 
 
 def test_ar_input_corruption_ablations():
