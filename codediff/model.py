@@ -189,7 +189,8 @@ class Attention(nn.Module):
         hd = self.head_dim
         qkv = self.wqkv(x)
         if self.fused_rope and self.training and cache_kv is None and self.q_norm is None \
-                and qkv.is_cuda and cos.shape[0] == 1 and (hd // 2) & (hd // 2 - 1) == 0 \
+                and qkv.is_cuda and qkv.dtype != torch.float64 and cos.shape[0] == 1 \
+                and (hd // 2) & (hd // 2 - 1) == 0 \
                 and rope_kernel.available():
             # training: split + rotate in one Triton kernel each way (codediff/rope_kernel.py
             # says why); generation keeps the plain path its benchmarks were measured with

@@ -12,6 +12,10 @@ and returns one tensor [B, H + 2 Hkv, S, hd]: q and k heads rotated, v heads cop
 caller slices q, k, v out of it (views). Registered as a torch.library op with its own backward
 (`triton_op`, so torch.compile launches the kernel from its generated code). On CPU it runs the
 same maths in plain PyTorch.
+
+Numerics: the rotation runs in float32 with float32 cos/sin, where the plain path (evaluation,
+generation, QK-norm models) rounds cos/sin to the activations' dtype first: a difference of the
+order of bf16 rounding. Launches go to the current CUDA device (the trainer sets it per rank).
 """
 
 from __future__ import annotations

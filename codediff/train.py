@@ -45,9 +45,10 @@ RUN_SCHEMA = "codediff.run/1"
 SCHEDULES = ("cosine", "wsd", "constant")
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 # options that may change between a run and its resumption (they do not change the weights)
-RESUMABLE_CHANGES = {"compile", "compile_mode", "attention", "log_every", "save_every_s", "save_every_steps",
-                     "progress", "micro_batch", "dist", "activation_checkpointing", "dtype",
-                     "stop_after_steps"}
+RESUMABLE_CHANGES = {"compile", "compile_mode", "attention", "log_every", "save_every_s",
+                     "save_every_steps", "progress", "micro_batch", "dist",
+                     "activation_checkpointing", "dtype", "stop_after_steps",
+                     "mdm_masked_head"}  # the same loss either way
 
 
 def resolve_compile_mode(mode: str, world: int, device_type: str, accum: int) -> str:

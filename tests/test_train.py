@@ -157,6 +157,15 @@ def test_schedules_and_grids():
         parse_tokens("lots")
 
 
+def test_runs_from_before_the_masked_head_option_still_resume():
+    from codediff.train import _config_diff
+
+    old = {"train": {"lr": 1e-3, "objective": "mdm"}}
+    assert _config_diff(old, {"train": {"lr": 1e-3, "objective": "mdm",
+                                        "mdm_masked_head": True}}) == []
+    assert _config_diff(old, {"train": {"lr": 3e-4, "objective": "mdm"}}) != []
+
+
 def test_compile_mode_auto_uses_cuda_graphs_only_on_one_gpu_without_accumulation():
     assert resolve_compile_mode("auto", 1, "cuda", 1) == "reduce-overhead"
     assert resolve_compile_mode("auto", 2, "cuda", 1) == "default"  # DDP / FSDP2 hooks
