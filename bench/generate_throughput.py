@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def configs(args: argparse.Namespace) -> dict[str, dict]:
-    dlm = dict(gen_length=args.gen_length, block_length=args.block_length)
+    dlm = dict(gen_length=args.gen_length, block_length=args.block_length,
+               cuda_graphs=args.cuda_graphs)
     thr = dict(dlm, sampler="threshold", tau=args.tau)
     return {
         "ar_kv": dict(model=args.ar, max_new_tokens=args.gen_length),
@@ -75,6 +76,8 @@ def main() -> int:
     p.add_argument("--extra-taus", type=float, nargs="*", default=[],
                    help="also threshold + dual cache at these tau (the speed/quality trade-off)")
     p.add_argument("--batch-size", type=int, default=1, help="1 = latency setting of Fast-dLLM")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="every DLM configuration replays its blocks' forwards as CUDA graphs")
     p.add_argument("--only", nargs="+", default=None, help="run only these configurations")
     p.add_argument("--judge", action="store_true", help="also run `codediff evaluate`")
     p.add_argument("--rescore", action="store_true",

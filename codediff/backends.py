@@ -149,6 +149,7 @@ class Backend:
         raise UserError(f"the {self.name} backend has no KV cache; use --cache none")
 
     can_select_rows = False  # select_rows works on this backend's caches
+    graphable = False  # its forward can be captured in a CUDA graph (no host syncs inside)
 
     def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
         """The cache of a batch reduced to `rows` (batch positions), for dropping finished
@@ -169,6 +170,7 @@ class NativeBackend(Backend):
     name = "native"
     supports_cache = True
     slices_head = True
+    graphable = True
 
     def __init__(self, model: nn.Module, meta: dict, **kw: Any):
         super().__init__(**kw)

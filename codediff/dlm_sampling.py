@@ -48,6 +48,9 @@ class DLMSettings:
     logits_eos_inf: bool = False     # never propose end-of-text (LLaDA eval option)
     confidence_eos_inf: bool = False  # propose it, but commit it last (LLaDA eval option)
     early_stop: bool = True
+    # CUDA graphs (native models on a GPU): each block's repeated forward is captured once and
+    # replayed; same kernels, so the same outputs. Experimental: not yet measured on a GPU.
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.gen_length < 1 or self.block_length < 1:
@@ -190,6 +193,23 @@ class _Run:
         live_t = torch.tensor(live, device=x.device)
         # a host copy of the block: bookkeeping reads it, so each step syncs with the device once
         blk_host = x[:, s:e].tolist()
+        graphs = st.cuda_graphs and _can_graph(x, b)
+        graph = None
+
+        def steady(inp: torch.Tensor) -> torch.Tensor:
+            """The forward of every step after the block's first (the one a graph captures)."""
+            if st.cache == "none":
+                return b.forward(inp, attention_mask=am,
+                                 position_ids=positions if padded else None,
+                                 logits_range=(s, e))
+            if st.cache == "prefix":
+                return b.forward(inp, attention_mask=am,
+                                 position_ids=positions[:, s:] if padded else None,
+                                 start_pos=s, cache=cache, logits_range=(0, e - s))
+            return b.forward(inp, attention_mask=am,
+                             position_ids=positions[:, s:e] if padded else None,
+                             start_pos=s, cache=cache)
+
         for i in range(n_steps):
             has = [live[j] and mask_id in blk_host[j] for j in range(len(rows))]
             if not any(has):
@@ -198,7 +218,17 @@ class _Run:
             cand = (x[:, s:e] == mask_id) & live_t.unsqueeze(1)
             # ---- forward: logits for the block's positions [B, e - s, V]
             # (the output head runs on the block's positions only: logits_range)
-            if st.cache == "none":
+            if i >= 1 and graphs:
+                # steps after the first have one shape and one cache all block long
+                inp = x if st.cache == "none" else x[:, s:] if st.cache == "prefix" \
+                    else x[:, s:e]
+                if graph is None:
+                    logits, graph = _BlockGraph.warm_and_capture(steady, inp)
+                else:
+                    logits = graph(inp)
+                n_query = [self.real[r] for r in rows] if st.cache == "none" else \
+                    [x.shape[1] - s] * len(rows) if st.cache == "prefix" else [e - s] * len(rows)
+            elif st.cache == "none":
                 logits = b.forward(x, attention_mask=am,
                                    position_ids=positions if padded else None,
                                    logits_range=(s, e))
@@ -285,6 +315,39 @@ class _Run:
                     done[r] = changed = True
                 self.decided[r] = decided
         return changed
+
+
+def _can_graph(x: torch.Tensor, backend: Any) -> bool:
+    return x.is_cuda and getattr(backend, "graphable", False)
+
+
+class _BlockGraph:
+    """A CUDA graph of one block's steady-state forward: captured at the block's second step,
+    replayed for the rest. Inputs are copied into the captured input tensor; the output tensor
+    is the graph's own and is overwritten by the next replay (the sampler clones what it
+    changes)."""
+
+    def __init__(self, fn, inp: torch.Tensor):
+        self.inp = inp.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn(self.inp)
+
+    @classmethod
+    def warm_and_capture(cls, fn, inp: torch.Tensor) -> tuple[torch.Tensor, _BlockGraph]:
+        """This step's output, computed on a side stream (the warm-up a capture needs), and the
+        graph for the steps after it."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = fn(inp)
+        torch.cuda.current_stream().wait_stream(side)
+        return out, cls(fn, inp)
+
+    def __call__(self, inp: torch.Tensor) -> torch.Tensor:
+        self.inp.copy_(inp)
+        self.graph.replay()
+        return self.out
 
 
 def _index(seq: list[int], values: list[int]) -> int:

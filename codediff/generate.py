@@ -67,6 +67,7 @@ class GenerateConfig:
     logits_eos_inf: bool = False
     confidence_eos_inf: bool = False
     early_stop: bool = True
+    cuda_graphs: bool = False  # DLM: replay each block's repeated forward (experimental)
     # model loading
     backend: str = "auto"
     kind: str | None = None
@@ -392,7 +393,7 @@ def _run_batch(cfg: GenerateConfig, backend: Any, batch: list[Job], prompts: lis
     s = DLMSettings(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps,
                     temperature=cfg.temperature, rule=rule, cache=cfg.cache,
                     logits_eos_inf=cfg.logits_eos_inf, confidence_eos_inf=cfg.confidence_eos_inf,
-                    early_stop=cfg.early_stop)
+                    early_stop=cfg.early_stop, cuda_graphs=cfg.cuda_graphs)
     return generate_dlm(backend, prompts, s, stops, gens, heal=cfg.token_healing)
 
 
@@ -438,6 +439,7 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
         "program": fmt.program,
         "stop_sequences": stops,
         "sampler": ident["settings"],
+        "cuda_graphs": cfg.cuda_graphs,  # how, not what: outside the fingerprint
         "seed": cfg.seed,
         "seeding": "per sample: sha256(seed/task_id/completion_id)",
         "n": cfg.n,

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="commit end-of-text proposals last (LLaDA's evaluation option)")
     dlm.add_argument("--no-early-stop", action="store_true",
                      help="decode every block even after the answer has ended")
+    dlm.add_argument("--cuda-graphs", action="store_true",
+                     help="native models on a GPU: capture each block's repeated forward in a "
+                     "CUDA graph and replay it (same outputs; experimental, not yet measured)")
 
     model = parser.add_argument_group("model loading")
     model.add_argument("--backend", default="auto", choices=("auto", "native", "hf", "vllm"))
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         gamma=args.gamma, gen_length=args.gen_length, block_length=args.block_length,
         steps=args.steps, cache=args.cache, logits_eos_inf=args.logits_eos_inf,
         confidence_eos_inf=args.confidence_eos_inf, early_stop=not args.no_early_stop,
+        cuda_graphs=args.cuda_graphs,
         backend=args.backend, kind=args.kind, convention=args.convention, mask_id=args.mask_id,
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         overwrite=args.overwrite, progress=not args.no_progress)

@@ -318,9 +318,9 @@ class Transformer(nn.Module):
                 return (self.rope_cos[start_pos:start_pos + S][None],
                         self.rope_sin[start_pos:start_pos + S][None])
             position_ids = torch.arange(start_pos, start_pos + S, device=device)[None]
-        elif self.rope_cos.device == device and int(position_ids.max()) < n and \
-                int(position_ids.min()) >= 0:
-            return self.rope_cos[position_ids], self.rope_sin[position_ids]
+        # explicit positions (padded generation batches): computed, not looked up, so nothing
+        # reads them back to the host (a CUDA-graph capture allows no sync; same values as the
+        # table, which is built by the same function)
         return rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_base, self.rope_cos.dtype)
 
     def _attention_mask(self, B: int, S: int, K: int, start_pos: int, causal: bool,
