@@ -318,7 +318,10 @@ class _Run:
 
 
 def _can_graph(x: torch.Tensor, backend: Any) -> bool:
-    return x.is_cuda and getattr(backend, "graphable", False)
+    # streams and captures belong to the current device: a model on another GPU (a torchrun
+    # rank > 0, --device cuda:1) would capture an empty graph, so it stays eager
+    return x.is_cuda and getattr(backend, "graphable", False) and \
+        x.device.index in (None, torch.cuda.current_device())
 
 
 class _BlockGraph:
