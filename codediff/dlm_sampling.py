@@ -196,19 +196,18 @@ class _Run:
         graphs = st.cuda_graphs and _can_graph(x, b)
         graph = None
 
+        # the input of every step but a cached mode's first: the whole sequence without a cache,
+        # the block and what follows it (prefix), the block alone (dual)
+        lo, hi = (0, x.shape[1]) if st.cache == "none" else (s, x.shape[1]) \
+            if st.cache == "prefix" else (s, e)
+
         def steady(inp: torch.Tensor) -> torch.Tensor:
-            """The forward of every step after the block's first (the one a graph captures)."""
+            """The forward of such a step (the one a CUDA graph captures)."""
+            pos = positions[:, lo:hi] if padded else None
             if st.cache == "none":
-                return b.forward(inp, attention_mask=am,
-                                 position_ids=positions if padded else None,
-                                 logits_range=(s, e))
-            if st.cache == "prefix":
-                return b.forward(inp, attention_mask=am,
-                                 position_ids=positions[:, s:] if padded else None,
-                                 start_pos=s, cache=cache, logits_range=(0, e - s))
-            return b.forward(inp, attention_mask=am,
-                             position_ids=positions[:, s:e] if padded else None,
-                             start_pos=s, cache=cache)
+                return b.forward(inp, attention_mask=am, position_ids=pos, logits_range=(s, e))
+            return b.forward(inp, attention_mask=am, position_ids=pos, start_pos=s, cache=cache,
+                             logits_range=(0, e - s) if st.cache == "prefix" else None)
 
         for i in range(n_steps):
             has = [live[j] and mask_id in blk_host[j] for j in range(len(rows))]
@@ -218,22 +217,7 @@ class _Run:
             cand = (x[:, s:e] == mask_id) & live_t.unsqueeze(1)
             # ---- forward: logits for the block's positions [B, e - s, V]
             # (the output head runs on the block's positions only: logits_range)
-            if i >= 1 and graphs:
-                # steps after the first have one shape and one cache all block long
-                inp = x if st.cache == "none" else x[:, s:] if st.cache == "prefix" \
-                    else x[:, s:e]
-                if graph is None:
-                    logits, graph = _BlockGraph.warm_and_capture(steady, inp)
-                else:
-                    logits = graph(inp)
-                n_query = [self.real[r] for r in rows] if st.cache == "none" else \
-                    [x.shape[1] - s] * len(rows) if st.cache == "prefix" else [e - s] * len(rows)
-            elif st.cache == "none":
-                logits = b.forward(x, attention_mask=am,
-                                   position_ids=positions if padded else None,
-                                   logits_range=(s, e))
-                n_query = [self.real[r] for r in rows]
-            elif i == 0:
+            if i == 0 and st.cache != "none":
                 # block start: one full pass (also this step's prediction) refreshes the cache
                 cache = b.new_cache(x.shape[0], x.shape[1])
                 logits = b.forward(x, attention_mask=am,
@@ -243,16 +227,16 @@ class _Run:
                 if st.cache == "prefix":
                     cache.truncate(s)
                 n_query = [self.real[r] for r in rows]
-            elif st.cache == "prefix":
-                logits = b.forward(x[:, s:], attention_mask=am,
-                                   position_ids=positions[:, s:] if padded else None,
-                                   start_pos=s, cache=cache, logits_range=(0, e - s))
-                n_query = [x.shape[1] - s] * len(rows)
-            else:  # dual
-                logits = b.forward(x[:, s:e], attention_mask=am,
-                                   position_ids=positions[:, s:e] if padded else None,
-                                   start_pos=s, cache=cache)
-                n_query = [e - s] * len(rows)
+            else:
+                inp = x[:, lo:hi]
+                if i == 0 or not graphs:
+                    logits = steady(inp)
+                elif graph is None:  # steps after the first: one shape, one cache all block
+                    logits, graph = _BlockGraph.warm_and_capture(steady, inp)
+                else:
+                    logits = graph(inp)
+                n_query = [self.real[r] for r in rows] if st.cache == "none" \
+                    else [hi - lo] * len(rows)
             # ---- propose and commit
             if self.healing is not None and s == self.P:
                 # the answer's first token must extend the healed prompt text (block 0 only;
