@@ -590,10 +590,9 @@ class forward_context:
     def __init__(self, device: torch.device, dtype: torch.dtype | None):
         self.ctxs: list = []
         if device.type == "cuda":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+            from codediff.model import attention_without_cudnn
 
-            self.ctxs.append(sdpa_kernel([SDPBackend.FLASH_ATTENTION,
-                                          SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
+            self.ctxs.append(attention_without_cudnn())
             if dtype in (torch.bfloat16, torch.float16):
                 self.ctxs.append(torch.autocast("cuda", dtype=dtype))
 

@@ -152,6 +152,16 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+def attention_without_cudnn():
+    """SDPA limited to flash / memory-efficient / math kernels, for shapes seen once or rarely:
+    cuDNN attention, PyTorch's first pick on Hopper, builds an execution plan per new shape
+    (73 ms against 0.28 ms per call on an H100; bench/sdpa_shapes.py)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH])
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [..., head_dim/2] for integer positions, in float32 (float64 for a float64 model);

@@ -31,7 +31,7 @@ from codediff import __version__
 from codediff.checkpoints import atomic_write_text, save_checkpoint
 from codediff.data import Corpus, TrainStream, open_corpus, val_windows
 from codediff.errors import UserError, is_out_of_memory
-from codediff.model import ModelConfig, Transformer
+from codediff.model import ModelConfig, Transformer, attention_without_cudnn
 from codediff.objectives import (
     ObjectiveConfig,
     ar_nll,
@@ -496,8 +496,7 @@ class Trainer:
 
         if self.cfg.attention == "auto":
             if new_shape and self.d.device.type == "cuda":
-                return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                                    SDPBackend.MATH])
+                return attention_without_cudnn()
             return contextlib.nullcontext()
 
         names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
