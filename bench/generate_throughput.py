@@ -10,8 +10,10 @@ For an `mdm` model and the equal `ar` model, on the prompts of a task (HumanEval
 
 Each runs through `codediff generate` (so the numbers are those of the real command) and we read
 the sidecar totals. Quality beside each, without the judge: the mean per-token NLL of the
-completions under the AR model (fluency as the AR model sees it) and, for the DLM rows, the share
-of samples identical to the one-token-per-step output. pass@1 comes from `--judge` (runs
+completions under the AR model (fluency as the AR model sees it), its paired difference from the
+one-token-per-step row with a 95% interval over the tasks (an interval holding 0: unchanged
+within noise) and, for the DLM rows, the share of samples identical to the one-token-per-step
+output. pass@1 comes from `--judge` (runs
 `codediff evaluate` on each samples file; needs the sandbox) or afterwards by hand.
 
   python bench/generate_throughput.py --ar runs/ar --mdm runs/mdm --limit 32 --out bench-out
@@ -44,13 +46,15 @@ def configs(args: argparse.Namespace) -> dict[str, dict]:
     }
 
 
-def ar_nll(ar_backend, rows: list[dict], prompts: dict[str, list[int]], max_len: int) -> float:
-    """Mean NLL (nats/token) of the completions under the AR model, prompt as context."""
+def ar_nll(ar_backend, rows: list[dict], prompts: dict[str, list[int]], max_len: int
+           ) -> dict[str, tuple[float, int]]:
+    """Per task id: summed NLL (nats) of the completion's tokens under the AR model, prompt as
+    context, and their count (empty completions are left out)."""
     import torch
     import torch.nn.functional as F
 
     tok = ar_backend.tokenizer
-    total, count = 0.0, 0
+    out = {}
     for r in rows:
         comp = tok.encode(r["completion"])
         if not comp:
@@ -59,9 +63,23 @@ def ar_nll(ar_backend, rows: list[dict], prompts: dict[str, list[int]], max_len:
         n = min(len(comp), len(ids) - 1)
         x = torch.tensor([ids], device=ar_backend.device)
         logits = ar_backend.forward(x)[0, -n - 1:-1].float()
-        total += F.cross_entropy(logits, x[0, -n:], reduction="sum").item()
-        count += n
-    return total / max(count, 1)
+        out[r["task_id"]] = (F.cross_entropy(logits, x[0, -n:], reduction="sum").item(), n)
+    return out
+
+
+def paired_delta(nll: dict[str, tuple[float, int]], base: dict[str, tuple[float, int]]
+                 ) -> tuple[float, float] | None:
+    """Mean over tasks of (per-token NLL here - per-token NLL of the baseline) and its 95%
+    half-width (normal approximation over the tasks both have): "unchanged within noise" means
+    the interval holds 0."""
+    import math
+
+    d = [nll[t][0] / nll[t][1] - base[t][0] / base[t][1] for t in nll if t in base]
+    if len(d) < 2:
+        return None
+    m = sum(d) / len(d)
+    var = sum((v - m) ** 2 for v in d) / (len(d) - 1)
+    return m, 1.96 * math.sqrt(var / len(d))
 
 
 def main() -> int:
@@ -147,12 +165,18 @@ def main() -> int:
     if (out / "dlm_1tok.jsonl").exists():
         base = {r["task_id"]: r["completion"] for r in
                 map(json.loads, (out / "dlm_1tok.jsonl").read_text().splitlines())}
+    per_task = {}
     for name in results:
         rows = [json.loads(x) for x in (out / f"{name}.jsonl").read_text().splitlines()]
         if ar is not None:
-            results[name]["ar_nll"] = ar_nll(ar, rows, prompts, ar.max_seq_len or 10**9)
+            per_task[name] = ar_nll(ar, rows, prompts, ar.max_seq_len or 10**9)
+            tot = sum(v[0] for v in per_task[name].values())
+            results[name]["ar_nll"] = tot / max(sum(v[1] for v in per_task[name].values()), 1)
+            if "dlm_1tok" in per_task:
+                results[name]["ar_nll_delta"] = paired_delta(per_task[name], per_task["dlm_1tok"])
         else:
-            results[name]["ar_nll"] = prev.get("results", {}).get(name, {}).get("ar_nll")
+            for key in ("ar_nll", "ar_nll_delta"):
+                results[name][key] = prev.get("results", {}).get(name, {}).get(key)
         if name.startswith("dlm") and base:
             same = sum(r["completion"] == base.get(r["task_id"]) for r in rows)
             results[name]["same_as_1tok"] = same / len(rows)
@@ -176,15 +200,17 @@ def main() -> int:
     print(f"\n{dev}, {args.task} first {args.limit}, gen {args.gen_length}, "
           f"block {args.block_length}, batch {args.batch_size}")
     print("| config | tok/s | x 1-tok | NFE/sample | tok/forward | GFLOP/tok | AR NLL | "
-          "same as 1-tok | pass@1 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "AR NLL - 1-tok (95%) | same as 1-tok | pass@1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         speed = f"{r['tokens_per_s'] / one:.1f}x" if one else "-"
         same = f"{r['same_as_1tok']:.0%}" if "same_as_1tok" in r else "-"
         p1 = f"{r['pass@1']:.3f}" if r.get("pass@1") is not None else "-"
+        delta = r.get("ar_nll_delta")
+        delta = f"{delta[0]:+.3f} ± {delta[1]:.3f}" if delta and name != "dlm_1tok" else "-"
         print(f"| {name} | {r['tokens_per_s']:.0f} | {speed} | {r['nfe_per_sample']:.1f} | "
               f"{r['tokens_per_forward']:.2f} | {r['gflops_per_token']:.3f} | "
-              f"{r['ar_nll'] or float('nan'):.3f} | {same} | {p1} |")
+              f"{r['ar_nll'] or float('nan'):.3f} | {delta} | {same} | {p1} |")
     return 0
 
 

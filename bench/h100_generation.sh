@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# One H100 call (~8 min): train the `tiny` ar and mdm models of the generation benchmark on a
-# carried corpus, then run bench/generate_throughput.py at batch 16, at batch 1, and at batch 1
-# with CUDA graphs. Each stage is capped with `timeout` and packs its results into $OUT at once
-# (the device returns at most 8 files, and a call that runs out of time keeps what is already
-# there).
+# One H100 call (~9 min): train the `tiny` ar and mdm models of the generation benchmark on a
+# carried corpus, then run bench/generate_throughput.py in several settings, each eagerly and
+# with --cuda-graphs, and compare the two sample files of each configuration. Each stage is
+# capped with `timeout` and packs its folder (log included) into $OUT at once: the device
+# returns at most 8 files, and a call that runs out of time keeps what is already there.
 #   carry: .whl (scripts/device_wheels.sh), corpora/codechoice.jsonl and corpora/gen-8m, built with
 #   codediff corpus --source stdlib --source site-packages -U 8M --val-tokens 200k --out corpora/gen-8m
+#   STAGES: which settings, in order; each is b<batch>[g] (g: with CUDA graphs)
 set -uo pipefail
 OUT=${OUT:-out}
 AR_TOKENS=${AR_TOKENS:-30M}
 MDM_TOKENS=${MDM_TOKENS:-200M}
-CONFIGS=${CONFIGS:-ar_kv dlm_1tok dlm_threshold dlm_thr_prefix dlm_thr_dual}
+STAGES=${STAGES:-b16 b16g b64 b64g b1g b1}
+CONFIGS=${CONFIGS:-ar_kv dlm_1tok dlm_threshold dlm_thr_prefix dlm_thr_dual dlm_thr0.7_dual}
 mkdir -p "$OUT" runs
 train() {  # objective tokens
   python3 -m codediff.cli train --corpus corpora/gen-8m --objective "$1" --out "runs/$1" \
@@ -20,23 +22,35 @@ train() {  # objective tokens
 t0=$(date +%s)
 train ar "$AR_TOKENS" & train mdm "$MDM_TOKENS" & wait
 echo "trained in $(( $(date +%s) - t0 )) s"; tail -n 1 runs/ar/metrics.jsonl runs/mdm/metrics.jsonl
-bench() {  # name seconds args...
-  local name=$1 secs=$2; shift 2
-  timeout "$secs" python3 bench/generate_throughput.py --ar runs/ar --mdm runs/mdm --only $CONFIGS \
-    --out "$name" "$@" > "$OUT/$name.log" 2>&1 || echo "$name: stopped (exit $?)"
-  tail -n 9 "$OUT/$name.log"
+for stage in $STAGES; do
+  batch=${stage#b}; batch=${batch%g}; graphs=(); [ "${stage: -1}" = g ] && graphs=(--cuda-graphs)
+  case $batch in 1) limit=${B1_LIMIT:-8} secs=${B1_SECONDS:-100};;
+                 64) limit=128 secs=90;; *) limit=64 secs=90;; esac
+  name=gen-$stage
+  mkdir -p "$name"
+  timeout "$secs" python3 bench/generate_throughput.py --ar runs/ar --mdm runs/mdm \
+    --only $CONFIGS --extra-taus 0.7 --limit "$limit" --batch-size "$batch" "${graphs[@]}" \
+    --out "$name" > "$name/log" 2>&1 || echo "$name: stopped (exit $?)"
+  tail -n 9 "$name/log"
+  if [ ${#graphs[@]} = 1 ] && [ -d "gen-b$batch" ]; then  # graphed samples = eager samples?
+    python3 - "gen-b$batch" "$name" <<'PY' | tee -a "$name/log"
+import json, sys
+from pathlib import Path
+a, b = map(Path, sys.argv[1:])
+for f in sorted(b.glob("dlm_*.jsonl")):
+    if (a / f.name).exists():
+        ra = {r["task_id"]: r["completion"] for r in map(json.loads, (a / f.name).open())}
+        rb = [json.loads(x) for x in f.open()]
+        same = sum(ra.get(r["task_id"]) == r["completion"] for r in rb)
+        print(f"graphs vs eager, {f.stem}: {same}/{len(rb)} identical completions")
+PY
+  fi
   tar czf "$OUT/$name.tgz" "$name"
   echo "$name done at $(( $(date +%s) - t0 )) s"
-}
-CONFIGS="$CONFIGS dlm_thr0.7_dual"
-bench gen-b16 ${B16_SECONDS:-120} --limit 64 --batch-size 16 --extra-taus 0.7
-bench gen-b1 ${B1_SECONDS:-200} --limit 16 --extra-taus 0.7
-# the same with every DLM row's block forwards replayed as CUDA graphs (AR unchanged)
-CONFIGS="dlm_1tok dlm_threshold dlm_thr_dual dlm_thr0.7_dual"
-bench gen-b1-graphs ${B1G_SECONDS:-150} --limit 16 --extra-taus 0.7 --cuda-graphs
+done
 # quality beside speed: 4-way code-choice accuracy of both models (corpora/codechoice.jsonl, built
 # here with `codediff codechoice`; carried)
-if [ -f corpora/codechoice.jsonl ]; then
+if [ -f corpora/codechoice.jsonl ] && [ -z "${NO_CHOICE:-}" ]; then
   for m in ar mdm; do
     timeout "${CHOICE_SECONDS:-50}" python3 -m codediff.cli score --model "runs/$m" \
       --choices corpora/codechoice.jsonl --out "runs/$m/codechoice.json" \

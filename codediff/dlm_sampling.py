@@ -176,6 +176,13 @@ class _Run:
         self.eos_ids = list(backend.eos_ids)
         self.healing = None                  # token healing: constrains answer position 0
         self.skip = [0] * n                  # healed characters at the answer's start
+        self.pool = None                     # CUDA graphs' shared memory pool
+
+    def _pool(self):
+        """The memory pool of this generation's CUDA graphs (made at the first capture)."""
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        return self.pool
 
     # -- one block ---------------------------------------------------------------------------
     def block(self, x: torch.Tensor, attn: torch.Tensor, positions: torch.Tensor, rows: list[int],
@@ -194,7 +201,15 @@ class _Run:
         # a host copy of the block: bookkeeping reads it, so each step syncs with the device once
         blk_host = x[:, s:e].tolist()
         graphs = st.cuda_graphs and _can_graph(x, b)
+        # what the graph holds: the whole step (forward, proposals, commits) when the step is
+        # deterministic; with sampling noise only the forward (the per-row generators stay
+        # outside the graph, so graphed and eager samples stay the same)
+        whole = st.temperature == 0 and st.rule.score != "random"
         graph = None
+        # token healing (block 0 only; no row has left the batch before it): the tokens allowed
+        # at the answer's first position, built at the block's first step, which is never graphed
+        heal = self.healing is not None and s == self.P
+        allowed = None
 
         # the input of every step but a cached mode's first: the whole sequence without a cache,
         # the block and what follows it (prefix), the block alone (dual)
@@ -202,23 +217,43 @@ class _Run:
             if st.cache == "prefix" else (s, e)
 
         def steady(inp: torch.Tensor) -> torch.Tensor:
-            """The forward of such a step (the one a CUDA graph captures)."""
+            """The forward of such a step: logits for the block's positions [B, e - s, V]."""
             pos = positions[:, lo:hi] if padded else None
             if st.cache == "none":
                 return b.forward(inp, attention_mask=am, position_ids=pos, logits_range=(s, e))
             return b.forward(inp, attention_mask=am, position_ids=pos, start_pos=s, cache=cache,
                              logits_range=(0, e - s) if st.cache == "prefix" else None)
 
+        def commit(logits: torch.Tensor, xb: torch.Tensor, live_t: torch.Tensor,
+                   k: torch.Tensor | None) -> torch.Tensor:
+            """The block's tokens after this step's commits."""
+            nonlocal allowed
+            cand = (xb == mask_id) & live_t.unsqueeze(1)
+            if heal:
+                # the answer's first token must extend the healed prompt text
+                if allowed is None:
+                    allowed = self.healing.mask(logits.shape[-1], logits.device)[rows]
+                logits = logits.clone()
+                logits[:, 0] = logits[:, 0].masked_fill(~allowed, float("-inf"))
+            chosen, x0 = self._commit(logits, cand, gens, k)
+            return torch.where(chosen, x0, xb)
+
+        def step(win: torch.Tensor, live_t: torch.Tensor, *k: torch.Tensor) -> torch.Tensor:
+            """A steady step as the graph holds it: the new block tokens, or only the logits."""
+            logits = steady(win)
+            if not whole:
+                return logits
+            return commit(logits, win[:, s - lo:e - lo], live_t, k[0] if k else None)
+
         for i in range(n_steps):
             has = [live[j] and mask_id in blk_host[j] for j in range(len(rows))]
             if not any(has):
                 break
             t0 = time.perf_counter()
-            cand = (x[:, s:e] == mask_id) & live_t.unsqueeze(1)
-            # ---- forward: logits for the block's positions [B, e - s, V]
-            # (the output head runs on the block's positions only: logits_range)
+            k_i = k_sched[:, i] if k_sched is not None else None
             if i == 0 and st.cache != "none":
-                # block start: one full pass (also this step's prediction) refreshes the cache
+                # block start: one full pass (also this step's prediction) refreshes the cache;
+                # the output head runs on the block's positions only (logits_range)
                 cache = b.new_cache(x.shape[0], x.shape[1])
                 logits = b.forward(x, attention_mask=am,
                                    position_ids=positions if padded else None,
@@ -227,27 +262,23 @@ class _Run:
                 if st.cache == "prefix":
                     cache.truncate(s)
                 n_query = [self.real[r] for r in rows]
+                new_blk = commit(logits, x[:, s:e], live_t, k_i)
             else:
-                inp = x[:, lo:hi]
+                win = x[:, lo:hi]
                 if i == 0 or not graphs:
-                    logits = steady(inp)
-                elif graph is None:  # steps after the first: one shape, one cache all block
-                    logits, graph = _BlockGraph.warm_and_capture(steady, inp)
+                    new_blk = commit(steady(win), x[:, s:e], live_t, k_i)
                 else:
-                    logits = graph(inp)
+                    # steps after the first: one shape, one cache all block
+                    args = (win, live_t) + ((k_i,) if k_i is not None else ())
+                    if graph is None:
+                        out, graph = _BlockGraph.warm_and_capture(step, args, self._pool())
+                    else:
+                        out = graph(*args)
+                    new_blk = out if whole else commit(out, x[:, s:e], live_t, k_i)
                 n_query = [self.real[r] for r in rows] if st.cache == "none" \
                     else [hi - lo] * len(rows)
-            # ---- propose and commit
-            if self.healing is not None and s == self.P:
-                # the answer's first token must extend the healed prompt text (block 0 only;
-                # no row has left the batch before it)
-                logits = logits.clone()
-                allowed = self.healing.mask(logits.shape[-1], x.device)[rows]
-                logits[:, 0] = logits[:, 0].masked_fill(~allowed, float("-inf"))
-            commit, x0 = self._commit(logits, cand, gens, k_sched[:, i] if k_sched is not None
-                                      else None)
-            x[:, s:e] = torch.where(commit, x0, x[:, s:e])
-            new_host = x[:, s:e].tolist()  # the step's one sync
+            x[:, s:e] = new_blk
+            new_host = new_blk.tolist()  # the step's one sync
             dt = time.perf_counter() - t0
             n_live = sum(has)
             for j, r in enumerate(rows):
@@ -272,7 +303,9 @@ class _Run:
         logits = logits.clone()
         logits[..., b.mask_id] = float("-inf")  # a mask is never an answer
         if st.logits_eos_inf and b.eos_ids:
-            logits[..., b.eos_ids] = float("-inf")
+            # index with the device tensor: a Python list would be copied from the host, which
+            # a CUDA graph capture does not allow
+            logits.index_fill_(-1, self.eos, float("-inf"))
         need_entropy = st.rule.rule == "entropy_bounded"
         x0, conf, ent = propose(logits, st.temperature, st.rule.score, gens, need_entropy)
         if st.confidence_eos_inf:
@@ -309,30 +342,44 @@ def _can_graph(x: torch.Tensor, backend: Any) -> bool:
 
 
 class _BlockGraph:
-    """A CUDA graph of one block's steady-state forward: captured at the block's second step,
-    replayed for the rest. Inputs are copied into the captured input tensor; the output tensor
-    is the graph's own and is overwritten by the next replay (the sampler clones what it
-    changes)."""
+    """A CUDA graph of one block's steady step: captured at the block's second step, replayed
+    for the rest. Inputs are copied into the captured input tensors; the output tensor is the
+    graph's own and is overwritten by the next replay (the sampler copies it out at once).
 
-    def __init__(self, fn, inp: torch.Tensor):
-        self.inp = inp.clone()
+    The capture calls CUDAGraph.capture_begin/end itself rather than `torch.cuda.graph`, whose
+    entry empties the allocator's cache: once per block, that would hand every cached block of
+    eager memory back to the driver. All graphs of a generation share one memory pool; a block's
+    graph is never replayed after the next block's capture, which is what sharing requires."""
+
+    def __init__(self, fn, inputs: tuple[torch.Tensor, ...], pool, stream: torch.cuda.Stream):
+        self.inputs = tuple(t.clone() for t in inputs)  # on the stream that replays the graph
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = fn(self.inp)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            # thread_local: a CUDA call from another thread (a progress bar, a loader) does not
+            # break this capture
+            self.graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                self.out = fn(*self.inputs)
+            finally:
+                self.graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
 
     @classmethod
-    def warm_and_capture(cls, fn, inp: torch.Tensor) -> tuple[torch.Tensor, _BlockGraph]:
+    def warm_and_capture(cls, fn, inputs: tuple[torch.Tensor, ...], pool
+                         ) -> tuple[torch.Tensor, _BlockGraph]:
         """This step's output, computed on a side stream (the warm-up a capture needs), and the
         graph for the steps after it."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            out = fn(inp)
+            out = fn(*inputs)
         torch.cuda.current_stream().wait_stream(side)
-        return out, cls(fn, inp)
+        return out, cls(fn, inputs, pool, side)
 
-    def __call__(self, inp: torch.Tensor) -> torch.Tensor:
-        self.inp.copy_(inp)
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        for dst, src in zip(self.inputs, inputs, strict=True):
+            dst.copy_(src)
         self.graph.replay()
         return self.out
 

@@ -314,42 +314,60 @@ def test_caches_are_exact_with_one_step_per_block(tok):
     assert res[0] == res[1] == res[2]
 
 
+GRAPHED_SAMPLERS = {
+    # whole step in the graph (deterministic), with the healing mask and end-of-text options
+    "threshold": dict(rule=CommitRule("threshold", tau=0.5), logits_eos_inf=True),
+    # a fixed schedule: the per-step commit count is a graph input
+    "low_confidence": dict(rule=CommitRule("low_confidence"), steps=12, confidence_eos_inf=True),
+    # sampling noise from per-row generators: only the forward is in the graph
+    "sampled": dict(rule=CommitRule("threshold", tau=0.5), temperature=0.8),
+}
+
+
+@pytest.mark.parametrize("sampler", GRAPHED_SAMPLERS)
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache):
+def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler):
     # CUDA graphs cannot run here: a stand-in "graph" calls the captured step function again on
-    # each replay. This checks what the sampler does around the graph (which forward it
-    # captures, with which inputs, and the bookkeeping of the replayed steps); the capture itself
-    # replays the same kernels on a GPU.
-    captured = []
+    # each replay. This checks what the sampler does around the graph (which step it captures,
+    # with which inputs, and the bookkeeping of the replayed steps); the capture itself replays
+    # the same kernels on a GPU.
+    captured, outputs = [], set()
 
     class EagerGraph:
-        def __init__(self, fn, inp):
-            self.fn, self.inp = fn, inp.clone()
-            captured.append(tuple(inp.shape))
+        def __init__(self, fn, inputs):
+            self.fn, self.inputs = fn, tuple(t.clone() for t in inputs)
+            captured.append(tuple(inputs[0].shape))
 
         @classmethod
-        def warm_and_capture(cls, fn, inp):
-            return fn(inp), cls(fn, inp)
+        def warm_and_capture(cls, fn, inputs, pool):
+            out = fn(*inputs)
+            outputs.add(out.dtype)
+            return out, cls(fn, inputs)
 
-        def __call__(self, inp):
-            self.inp.copy_(inp)
-            return self.fn(self.inp)
+        def __call__(self, *inputs):
+            for dst, src in zip(self.inputs, inputs, strict=True):
+                dst.copy_(src)
+            return self.fn(*self.inputs)
 
     b = backend_for(tok, "mdm")
+    b.eos_ids = [5]
     prompts = encode(tok)  # different lengths: a padded batch
-    plain = DLMSettings(gen_length=24, block_length=8, rule=CommitRule("threshold", tau=0.5),
-                        cache=cache, early_stop=False)
-    want = generate_dlm(b, prompts, plain, generators=gens(3, 5))
+    kw = dict(gen_length=24, block_length=8, cache=cache, early_stop=False,
+              **GRAPHED_SAMPLERS[sampler])
+    want = generate_dlm(b, prompts, DLMSettings(**kw), generators=gens(3, 5), heal=True)
     monkeypatch.setattr(dlm_sampling, "_can_graph", lambda x, backend: True)
+    monkeypatch.setattr(dlm_sampling._Run, "_pool", lambda self: None)
     monkeypatch.setattr(dlm_sampling, "_BlockGraph", EagerGraph)
-    graphed = DLMSettings(gen_length=24, block_length=8, rule=CommitRule("threshold", tau=0.5),
-                          cache=cache, early_stop=False, cuda_graphs=True)
-    got = generate_dlm(b, prompts, graphed, generators=gens(3, 5))
+    got = generate_dlm(b, prompts, DLMSettings(**kw, cuda_graphs=True), generators=gens(3, 5),
+                       heal=True)
     assert [o.ids for o in got] == [o.ids for o in want]
     assert [o.nfe for o in got] == [o.nfe for o in want]
     assert [o.flops for o in got] == [o.flops for o in want]
     assert captured  # blocks with more than one step were graphed, one capture each at most
-    assert len(captured) <= graphed.n_blocks
+    assert len(captured) <= 3
+    # deterministic steps are graphed whole (the graph returns tokens), sampled ones only up to
+    # the logits
+    assert outputs == ({torch.float64} if sampler == "sampled" else {torch.long})
 
 
 def test_dlm_early_stop_at_eos_and_stop_sequence(tok):
