@@ -59,4 +59,4 @@ if [ -f corpora/codechoice.jsonl ] && [ -z "${NO_CHOICE:-}" ]; then
   done
 fi
 tar czf "$OUT/runs.tgz" runs/train-*.log runs/ar/metrics.jsonl runs/mdm/metrics.jsonl \
-  runs/*/run.json runs/*/codechoice.*
+  runs/*/run.json $(ls runs/*/codechoice.* 2>/dev/null)

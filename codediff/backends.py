@@ -394,9 +394,15 @@ def is_native_checkpoint(path: Path) -> bool:
 def pick_device(device: str | None) -> torch.device:
     if device in (None, "", "auto"):
         local = os.environ.get("LOCAL_RANK")
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{int(local)}" if local is not None else "cuda")
-        return torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        if local is None:
+            return torch.device("cuda")
+        # a torchrun rank: its GPU becomes the current device too, so that its kernels, streams
+        # and CUDA graphs (which belong to the current device) are all on it
+        dev = torch.device(f"cuda:{int(local)}")
+        torch.cuda.set_device(dev)
+        return dev
     return torch.device(device)
 
 

@@ -176,13 +176,6 @@ class _Run:
         self.eos_ids = list(backend.eos_ids)
         self.healing = None                  # token healing: constrains answer position 0
         self.skip = [0] * n                  # healed characters at the answer's start
-        self.pool = None                     # CUDA graphs' shared memory pool
-
-    def _pool(self):
-        """The memory pool of this generation's CUDA graphs (made at the first capture)."""
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        return self.pool
 
     # -- one block ---------------------------------------------------------------------------
     def block(self, x: torch.Tensor, attn: torch.Tensor, positions: torch.Tensor, rows: list[int],
@@ -271,7 +264,7 @@ class _Run:
                     # steps after the first: one shape, one cache all block
                     args = (win, live_t) + ((k_i,) if k_i is not None else ())
                     if graph is None:
-                        out, graph = _BlockGraph.warm_and_capture(step, args, self._pool())
+                        out, graph = _BlockGraph.warm_and_capture(step, args)
                     else:
                         out = graph(*args)
                     new_blk = out if whole else commit(out, x[:, s:e], live_t, k_i)
@@ -348,17 +341,18 @@ class _BlockGraph:
 
     The capture calls CUDAGraph.capture_begin/end itself rather than `torch.cuda.graph`, whose
     entry empties the allocator's cache: once per block, that would hand every cached block of
-    eager memory back to the driver. All graphs of a generation share one memory pool; a block's
-    graph is never replayed after the next block's capture, which is what sharing requires."""
+    eager memory back to the driver. Each graph has its own memory pool, freed with it at the
+    block's end. (One pool shared by the blocks' graphs fails in torch 2.11: capturing into a
+    pool whose earlier graph is gone trips an allocator assertion, `use_count > 0`.)"""
 
-    def __init__(self, fn, inputs: tuple[torch.Tensor, ...], pool, stream: torch.cuda.Stream):
+    def __init__(self, fn, inputs: tuple[torch.Tensor, ...], stream: torch.cuda.Stream):
         self.inputs = tuple(t.clone() for t in inputs)  # on the stream that replays the graph
         self.graph = torch.cuda.CUDAGraph()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             # thread_local: a CUDA call from another thread (a progress bar, a loader) does not
             # break this capture
-            self.graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            self.graph.capture_begin(capture_error_mode="thread_local")
             try:
                 self.out = fn(*self.inputs)
             finally:
@@ -366,7 +360,7 @@ class _BlockGraph:
         torch.cuda.current_stream().wait_stream(stream)
 
     @classmethod
-    def warm_and_capture(cls, fn, inputs: tuple[torch.Tensor, ...], pool
+    def warm_and_capture(cls, fn, inputs: tuple[torch.Tensor, ...]
                          ) -> tuple[torch.Tensor, _BlockGraph]:
         """This step's output, computed on a side stream (the warm-up a capture needs), and the
         graph for the steps after it."""
@@ -375,7 +369,7 @@ class _BlockGraph:
         with torch.cuda.stream(side):
             out = fn(*inputs)
         torch.cuda.current_stream().wait_stream(side)
-        return out, cls(fn, inputs, pool, side)
+        return out, cls(fn, inputs, side)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         for dst, src in zip(self.inputs, inputs, strict=True):

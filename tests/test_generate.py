@@ -339,7 +339,7 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
             captured.append(tuple(inputs[0].shape))
 
         @classmethod
-        def warm_and_capture(cls, fn, inputs, pool):
+        def warm_and_capture(cls, fn, inputs):
             out = fn(*inputs)
             outputs.add(out.dtype)
             return out, cls(fn, inputs)
@@ -356,7 +356,6 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
               **GRAPHED_SAMPLERS[sampler])
     want = generate_dlm(b, prompts, DLMSettings(**kw), generators=gens(3, 5), heal=True)
     monkeypatch.setattr(dlm_sampling, "_can_graph", lambda x, backend: True)
-    monkeypatch.setattr(dlm_sampling._Run, "_pool", lambda self: None)
     monkeypatch.setattr(dlm_sampling, "_BlockGraph", EagerGraph)
     got = generate_dlm(b, prompts, DLMSettings(**kw, cuda_graphs=True), generators=gens(3, 5),
                        heal=True)
@@ -368,6 +367,36 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
     # deterministic steps are graphed whole (the graph returns tokens), sampled ones only up to
     # the logits
     assert outputs == ({torch.float64} if sampler == "sampled" else {torch.long})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
+@pytest.mark.parametrize("sampler", GRAPHED_SAMPLERS)
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sampler):
+    # the real capture and replay, on a GPU, in bf16 (what generation uses there): the graph
+    # replays the eager kernels, so the samples are identical, token for token
+    captures = []
+    real = dlm_sampling._BlockGraph.warm_and_capture.__func__
+
+    def counting(cls, fn, inputs):
+        captures.append(tuple(inputs[0].shape))
+        return real(cls, fn, inputs)
+
+    model = make_model(tok.get_vocab_size(), causal=False)
+    meta = {"objective": "mdm", "mask_id": MASK, "eot_id": EOT, "pad_id": PAD}
+    b = native_backend(model, tok, meta, device=torch.device("cuda"), dtype=torch.bfloat16)
+    b.eos_ids = [5]
+    kw = dict(gen_length=24, block_length=8, cache=cache, early_stop=False,
+              **GRAPHED_SAMPLERS[sampler])
+    cuda_gens = [torch.Generator("cuda").manual_seed(5 + i) for i in range(3)]
+    want = generate_dlm(b, encode(tok), DLMSettings(**kw), generators=cuda_gens, heal=True)
+    monkeypatch.setattr(dlm_sampling._BlockGraph, "warm_and_capture", classmethod(counting))
+    cuda_gens = [torch.Generator("cuda").manual_seed(5 + i) for i in range(3)]
+    got = generate_dlm(b, encode(tok), DLMSettings(**kw, cuda_graphs=True), generators=cuda_gens,
+                       heal=True)
+    assert captures
+    assert [o.ids for o in got] == [o.ids for o in want]
+    assert [o.nfe for o in got] == [o.nfe for o in want]
 
 
 def test_dlm_early_stop_at_eos_and_stop_sequence(tok):
