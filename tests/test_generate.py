@@ -383,6 +383,7 @@ def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sample
         return real(cls, fn, inputs)
 
     model = make_model(tok.get_vocab_size(), causal=False)
+    model.to(torch.bfloat16).to("cuda")  # as load_checkpoint places a checkpoint on a GPU
     meta = {"objective": "mdm", "mask_id": MASK, "eot_id": EOT, "pad_id": PAD}
     b = native_backend(model, tok, meta, device=torch.device("cuda"), dtype=torch.bfloat16)
     b.eos_ids = [5]
