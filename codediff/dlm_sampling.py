@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from codediff.ar_sampling import Sample, StopWatcher, finish, heal_prompts, left_pad
@@ -138,8 +139,9 @@ def generate_dlm(backend: Any, prompts: list[list[int]], settings: DLMSettings,
         extra: dict = {"committed": run.committed[b]}
         if pre:
             extra["healed"] = pre
-        out.append(Sample(ids=ids_b, completion=completion, raw=raw, tokens=n, nfe=run.nfe[b],
-                          seconds=run.secs[b], flops=run.flops[b], stop_reason=why, extra=extra))
+        out.append(Sample(ids=ids_b, completion=completion, raw=raw, tokens=n,
+                          nfe=int(run.nfe[b]), seconds=float(run.secs[b]),
+                          flops=float(run.flops[b]), stop_reason=why, extra=extra))
     return out
 
 
@@ -167,12 +169,14 @@ class _Run:
         self.P = prompt_width
         self.real = real_lengths             # real tokens (prompt + answer) per original row
         n = len(real_lengths)
-        self.nfe = [0] * n
-        self.secs = [0.0] * n
-        self.flops = [0.0] * n
+        # per original row; numpy, because the host bookkeeping of a step is on the critical
+        # path of every step (with CUDA graphs the GPU waits for it)
+        self.nfe = np.zeros(n, dtype=np.int64)
+        self.secs = np.zeros(n)
+        self.flops = np.zeros(n)
         self.committed: list[list[int]] = [[] for _ in range(n)]  # commits per forward
         self.decided = [0] * n               # decided-prefix length already checked for stops
-        self.gen_host = [[backend.mask_id] * settings.gen_length for _ in range(n)]
+        self.gen_host = np.full((n, settings.gen_length), backend.mask_id, dtype=np.int64)
         self.eos_ids = list(backend.eos_ids)
         self.healing = None                  # token healing: constrains answer position 0
         self.skip = [0] * n                  # healed characters at the answer's start
@@ -189,10 +193,11 @@ class _Run:
             k_sched = transfer_schedule((x[:, s:e] == mask_id).sum(dim=1), st.steps_per_block)
         cache = None
         n_steps = st.steps_per_block if st.rule.fixed_schedule else (e - s)
-        live = [not done[r] for r in rows]
-        live_t = torch.tensor(live, device=x.device)
+        rows_np = np.asarray(rows)
+        live = ~np.asarray(done)[rows_np]
+        live_t = torch.from_numpy(live).to(x.device)
         # a host copy of the block: bookkeeping reads it, so each step syncs with the device once
-        blk_host = x[:, s:e].tolist()
+        blk_host = _host(x[:, s:e])
         graphs = st.cuda_graphs and _can_graph(x, b)
         # what the graph holds: the whole step (forward, proposals, commits) when the step is
         # deterministic; with sampling noise only the forward (the per-row generators stay
@@ -214,7 +219,11 @@ class _Run:
             pos = positions[:, lo:hi] if padded else None
             if st.cache == "none":
                 return b.forward(inp, attention_mask=am, position_ids=pos, logits_range=(s, e))
+            # the fresh keys/values are written into the cache in place (update_cache) rather
+            # than concatenated with it, which copied the whole cache every step; same result:
+            # each step rewrites the slots it reads fresh, and a block start rebuilds the cache
             return b.forward(inp, attention_mask=am, position_ids=pos, start_pos=s, cache=cache,
+                             update_cache=True,
                              logits_range=(0, e - s) if st.cache == "prefix" else None)
 
         def commit(logits: torch.Tensor, xb: torch.Tensor, live_t: torch.Tensor,
@@ -239,8 +248,8 @@ class _Run:
             return commit(logits, win[:, s - lo:e - lo], live_t, k[0] if k else None)
 
         for i in range(n_steps):
-            has = [live[j] and mask_id in blk_host[j] for j in range(len(rows))]
-            if not any(has):
+            has = live & (blk_host == mask_id).any(axis=1)  # rows this step works for
+            if not has.any():
                 break
             t0 = time.perf_counter()
             k_i = k_sched[:, i] if k_sched is not None else None
@@ -271,23 +280,23 @@ class _Run:
                 n_query = [self.real[r] for r in rows] if st.cache == "none" \
                     else [hi - lo] * len(rows)
             x[:, s:e] = new_blk
-            new_host = new_blk.tolist()  # the step's one sync
+            new_host = _host(new_blk)  # the step's one sync
             dt = time.perf_counter() - t0
-            n_live = sum(has)
-            for j, r in enumerate(rows):
-                if has[j]:
-                    self.nfe[r] += 1
-                    self.secs[r] += dt / n_live
-                    self.committed[r].append(sum(
-                        a != c for a, c in zip(blk_host[j], new_host[j], strict=True)))
-                    if b.flops is not None:
-                        head = e - s if b.slices_head else n_query[j]
-                        self.flops[r] += b.flops.forward(n_query[j], self.real[r], head)
-                    self.gen_host[r][s - self.P: e - self.P] = new_host[j]
+            act = np.flatnonzero(has)
+            orig = rows_np[act]
+            self.nfe[orig] += 1
+            self.secs[orig] += dt / len(act)
+            counts = (new_host[act] != blk_host[act]).sum(axis=1).tolist()
+            for j, r, c in zip(act.tolist(), orig.tolist(), counts, strict=True):
+                self.committed[r].append(c)
+                if b.flops is not None:
+                    head = e - s if b.slices_head else n_query[j]
+                    self.flops[r] += b.flops.forward(n_query[j], self.real[r], head)
+            self.gen_host[orig, s - self.P: e - self.P] = new_host[act]
             blk_host = new_host
-            if st.early_stop and self._check_done(rows, done, has):
-                live = [not done[r] for r in rows]
-                live_t = torch.tensor(live, device=x.device)
+            if st.early_stop and self._check_done(orig, done):
+                live = ~np.asarray(done)[rows_np]
+                live_t = torch.from_numpy(live).to(x.device)
 
     def _commit(self, logits: torch.Tensor, cand: torch.Tensor,
                 gens: list[torch.Generator] | None, k: torch.Tensor | None
@@ -305,23 +314,26 @@ class _Run:
             conf = conf.masked_fill(torch.isin(x0, self.eos), SUPPRESSED)
         return select(st.rule, conf, ent, cand, k), x0
 
-    def _check_done(self, rows: list[int], done: list[bool], touched: list[bool]) -> bool:
-        """Mark rows whose answer is decided: an EOS with no mask before it, or a stop sequence
-        inside the decided prefix (the tokens before the first mask). True if any changed."""
-        mask_id = self.b.mask_id
+    def _check_done(self, touched: np.ndarray, done: list[bool]) -> bool:
+        """Mark rows (original indices `touched`) whose answer is decided: an EOS with no mask
+        before it, or a stop sequence inside the decided prefix (the tokens before the first
+        mask). True if any changed."""
+        idx = np.asarray([r for r in touched.tolist() if not done[r]], dtype=np.int64)
+        if not len(idx):
+            return False
+        g = self.gen_host[idx]
+        first_mask = _first(g == self.b.mask_id)
+        first_eos = _first(np.isin(g, self.eos_ids)) if self.eos_ids else \
+            np.full(len(idx), g.shape[1])
         changed = False
-        for j, r in enumerate(rows):
-            if done[r] or not touched[j]:
-                continue
-            g = self.gen_host[r]
-            first_mask = _index(g, [mask_id])
-            first_eos = _index(g, self.eos_ids)
-            if first_eos < first_mask:
+        for k, r in enumerate(idx.tolist()):
+            if first_eos[k] < first_mask[k]:
                 done[r] = changed = True
                 continue
-            decided = min(first_mask, first_eos)
+            decided = int(min(first_mask[k], first_eos[k]))
             if self.watcher.stops and decided > self.decided[r]:
-                if self.watcher.hit(g[:decided], new_from=self.decided[r], skip=self.skip[r]):
+                if self.watcher.hit(g[k, :decided].tolist(), new_from=self.decided[r],
+                                    skip=self.skip[r]):
                     done[r] = changed = True
                 self.decided[r] = decided
         return changed
@@ -378,12 +390,11 @@ class _BlockGraph:
         return self.out
 
 
-def _index(seq: list[int], values: list[int]) -> int:
-    """Position of the first element of seq in values (len(seq) if none)."""
-    best = len(seq)
-    for v in values:
-        try:
-            best = min(best, seq.index(v, 0, best))
-        except ValueError:
-            pass
-    return best
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A host copy (on the CPU, .numpy() alone would share the tensor's memory)."""
+    return t.cpu().numpy().copy()
+
+
+def _first(hit: np.ndarray) -> np.ndarray:
+    """Per row of a bool [n, L] array: the index of its first True (L if none)."""
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), hit.shape[1])

@@ -367,6 +367,9 @@ class Transformer(nn.Module):
                                  f"{cache.capacity}")
         x = self.tok_emb(idx)
         cos, sin = self._rope(position_ids, start_pos, S, idx.device)
+        if not self.training:
+            # cast once here, not in every layer's apply_rope (same values, fewer kernels)
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         mask = None
         if attention_mask is not None or cache is not None:
             K = max(cache_len, start_pos + S) if cache is not None else S
