@@ -49,8 +49,8 @@ class DLMSettings:
     logits_eos_inf: bool = False     # never propose end-of-text (LLaDA eval option)
     confidence_eos_inf: bool = False  # propose it, but commit it last (LLaDA eval option)
     early_stop: bool = True
-    # CUDA graphs (native models on a GPU): each block's repeated forward is captured once and
-    # replayed; same kernels, so the same outputs. Experimental: not yet measured on a GPU.
+    # CUDA graphs (native models on a GPU): each block's repeated step is captured once and
+    # replayed; same kernels, so the same samples (measured on an H100: docs/benchmarks.md)
     cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
@@ -346,6 +346,37 @@ def _can_graph(x: torch.Tensor, backend: Any) -> bool:
         x.device.index in (None, torch.cuda.current_device())
 
 
+class _GraphMemory:
+    """What all captures on one GPU share, for the life of the process: one memory pool, one
+    side stream, and the graph captured last.
+
+    A graph's private pool is not given back to the driver when the graph is destroyed (only an
+    `empty_cache` outside a capture does that), so a fresh pool per block graph grew the reserved
+    memory block after block until a capture ran out of memory (measured on an H100: batch 128,
+    after five configurations of 128 prompts). Sharing one pool lets each capture reuse what the
+    previous graphs freed. But the allocator asserts (`use_count > 0`, torch 2.11, also seen on
+    the H100) when a capture joins a shared pool whose graphs are all gone, so the last graph is
+    kept alive until the next capture has joined the pool. Graphs sharing a pool must be
+    replayed in capture order: a block's graph is never replayed after the next capture. One
+    stream for every warm-up and capture keeps the warm-ups' eager memory in one stream's cache
+    instead of stranding it in the cache of a new stream per block."""
+
+    def __init__(self) -> None:
+        self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream()
+        self.last: _BlockGraph | None = None
+
+
+_GRAPH_MEMORY: dict[int, _GraphMemory] = {}
+
+
+def _graph_memory() -> _GraphMemory:
+    dev = torch.cuda.current_device()
+    if dev not in _GRAPH_MEMORY:
+        _GRAPH_MEMORY[dev] = _GraphMemory()
+    return _GRAPH_MEMORY[dev]
+
+
 class _BlockGraph:
     """A CUDA graph of one block's steady step: captured at the block's second step, replayed
     for the rest. Inputs are copied into the captured input tensors; the output tensor is the
@@ -353,35 +384,35 @@ class _BlockGraph:
 
     The capture calls CUDAGraph.capture_begin/end itself rather than `torch.cuda.graph`, whose
     entry empties the allocator's cache: once per block, that would hand every cached block of
-    eager memory back to the driver. Each graph has its own memory pool, freed with it at the
-    block's end. (One pool shared by the blocks' graphs fails in torch 2.11: capturing into a
-    pool whose earlier graph is gone trips an allocator assertion, `use_count > 0`.)"""
+    eager memory back to the driver. Memory: see _GraphMemory."""
 
-    def __init__(self, fn, inputs: tuple[torch.Tensor, ...], stream: torch.cuda.Stream):
+    def __init__(self, fn, inputs: tuple[torch.Tensor, ...], mem: _GraphMemory):
         self.inputs = tuple(t.clone() for t in inputs)  # on the stream that replays the graph
         self.graph = torch.cuda.CUDAGraph()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        mem.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(mem.stream):
             # thread_local: a CUDA call from another thread (a progress bar, a loader) does not
             # break this capture
-            self.graph.capture_begin(capture_error_mode="thread_local")
+            self.graph.capture_begin(pool=mem.pool, capture_error_mode="thread_local")
             try:
                 self.out = fn(*self.inputs)
             finally:
                 self.graph.capture_end()
-        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.current_stream().wait_stream(mem.stream)
+        mem.last = self  # the previous graph may go now: this one holds the pool
 
     @classmethod
     def warm_and_capture(cls, fn, inputs: tuple[torch.Tensor, ...]
                          ) -> tuple[torch.Tensor, _BlockGraph]:
-        """This step's output, computed on a side stream (the warm-up a capture needs), and the
-        graph for the steps after it."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        """This step's output, computed on the side stream (the warm-up a capture needs), and
+        the graph for the steps after it."""
+        mem = _graph_memory()
+        mem.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(mem.stream):
             out = fn(*inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        return out, cls(fn, inputs, side)
+        torch.cuda.current_stream().wait_stream(mem.stream)
+        out.record_stream(torch.cuda.current_stream())  # used there; freed only after that use
+        return out, cls(fn, inputs, mem)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         for dst, src in zip(self.inputs, inputs, strict=True):

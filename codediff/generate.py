@@ -67,7 +67,7 @@ class GenerateConfig:
     logits_eos_inf: bool = False
     confidence_eos_inf: bool = False
     early_stop: bool = True
-    cuda_graphs: bool = False  # DLM: replay each block's repeated forward (experimental)
+    cuda_graphs: bool = False  # DLM: replay each block's repeated step as a CUDA graph
     # model loading
     backend: str = "auto"
     kind: str | None = None
