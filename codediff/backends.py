@@ -119,6 +119,9 @@ class Backend:
     kind = "ar"              # "ar" | "dlm"
     convention = "native"    # "native" | "llada" | "dream" | "causal"
     supports_cache = False
+    # its cache can be rewritten in place at any position (what the DLM prefix / dual caches
+    # do at every step); an append-only cache (transformers' DynamicCache) cannot
+    dlm_cache = False
     samples_itself = False   # True for vLLM: it runs its own sampling loop
     # the output head runs only on `logits_range` (else on every position, then sliced): the
     # FLOPs estimate counts the head accordingly
@@ -169,6 +172,7 @@ class NativeBackend(Backend):
 
     name = "native"
     supports_cache = True
+    dlm_cache = True
     slices_head = True
     graphable = True
 

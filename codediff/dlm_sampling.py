@@ -24,6 +24,7 @@ part in), seconds (its share of each step's wall time) and estimated FLOPs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -91,8 +92,9 @@ def generate_dlm(backend: Any, prompts: list[list[int]], settings: DLMSettings,
     see ar_sampling.Healing; it constrains the first answer position)."""
     if backend.mask_id is None:
         raise ValueError("DLM generation needs a mask token id")
-    if settings.cache != "none" and not backend.supports_cache:
-        raise ValueError(f"backend {backend.name} has no KV cache; use cache='none'")
+    if settings.cache != "none" and not backend.dlm_cache:
+        raise ValueError(f"backend {backend.name} has no KV cache that diffusion steps can "
+                         "rewrite in place; use cache='none'")
     dev = backend.device
     G, BL = settings.gen_length, settings.block_length
     healing = heal_prompts(backend.tokenizer, prompts) if heal else None
@@ -396,8 +398,12 @@ class _BlockGraph:
             self.graph.capture_begin(pool=mem.pool, capture_error_mode="thread_local")
             try:
                 self.out = fn(*self.inputs)
-            finally:
-                self.graph.capture_end()
+            except BaseException:
+                # end the capture, but report the step's own error, not the invalidated capture's
+                with contextlib.suppress(RuntimeError):
+                    self.graph.capture_end()
+                raise
+            self.graph.capture_end()
         torch.cuda.current_stream().wait_stream(mem.stream)
         mem.last = self  # the previous graph may go now: this one holds the pool
 

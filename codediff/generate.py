@@ -242,7 +242,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
                            convention=cfg.convention, mask_id=cfg.mask_id, device=cfg.device,
                            dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     mode = backend.kind
-    if mode == "dlm" and cfg.cache != "none" and not backend.supports_cache:
+    if mode == "dlm" and cfg.cache != "none" and not backend.dlm_cache:
         raise UserError(f"{cfg.model}: this model has no KV cache for diffusion steps; "
                         "use --cache none")
     settings = settings_of(cfg, mode)

@@ -5,7 +5,8 @@ diffusion (`mdm`) model; nothing else differs. Attention goes through
 `scaled_dot_product_attention`, so the unmasked, uncached training path uses flash kernels on GPU.
 
 A `KVCache` serves both AR decoding (append) and diffusion decoding (prefix / dual caches, where a
-step computes fresh keys for some positions and reads the rest from the cache without writing it).
+step computes fresh keys for some positions, writes them over those positions of the cache in
+place, and reads the rest as cached at the block start).
 """
 
 from __future__ import annotations

@@ -317,16 +317,29 @@ def test_caches_are_exact_with_one_step_per_block(tok):
 GRAPHED_SAMPLERS = {
     # whole step in the graph (deterministic), with the healing mask and end-of-text options
     "threshold": dict(rule=CommitRule("threshold", tau=0.5), logits_eos_inf=True),
-    # a fixed schedule: the per-step commit count is a graph input
-    "low_confidence": dict(rule=CommitRule("low_confidence"), steps=12, confidence_eos_inf=True),
+    # a fixed schedule: the per-step commit count is a graph input (3, 3, 2: it changes between
+    # replays, so a count frozen at capture would show)
+    "low_confidence": dict(rule=CommitRule("low_confidence"), steps=9, confidence_eos_inf=True),
     # sampling noise from per-row generators: only the forward is in the graph
     "sampled": dict(rule=CommitRule("threshold", tau=0.5), temperature=0.8),
 }
 
 
+def stopping_eos(b, prompts, kw: dict, generators) -> list[int]:
+    """An end-of-text id that makes rows stop inside blocks: the answers' most common token."""
+    from collections import Counter
+
+    b.eos_ids = []
+    full = generate_dlm(b, prompts, DLMSettings(**kw, early_stop=False), generators=generators,
+                        heal=True)
+    counts = Counter(t for o in full for t in o.ids if t not in (MASK, PAD))
+    return [counts.most_common(1)[0][0]]
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
 @pytest.mark.parametrize("sampler", GRAPHED_SAMPLERS)
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler):
+def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler, early_stop):
     # CUDA graphs cannot run here: a stand-in "graph" calls the captured step function again on
     # each replay. This checks what the sampler does around the graph (which step it captures,
     # with which inputs, and the bookkeeping of the replayed steps); the capture itself replays
@@ -352,13 +365,18 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
     b = backend_for(tok, "mdm")
     b.eos_ids = [5]
     prompts = encode(tok)  # different lengths: a padded batch
-    kw = dict(gen_length=24, block_length=8, cache=cache, early_stop=False,
-              **GRAPHED_SAMPLERS[sampler])
-    want = generate_dlm(b, prompts, DLMSettings(**kw), generators=gens(3, 5), heal=True)
+    kw = dict(gen_length=24, block_length=8, cache=cache, **GRAPHED_SAMPLERS[sampler])
+    if early_stop:  # rows leave the live set between replays
+        kw["logits_eos_inf"] = False  # end-of-text must be proposable
+        b.eos_ids = stopping_eos(b, prompts, kw, gens(3, 5))
+    want = generate_dlm(b, prompts, DLMSettings(**kw, early_stop=early_stop),
+                        generators=gens(3, 5), heal=True)
+    if early_stop:  # some rows stopped at end-of-text, at different steps
+        assert any(o.stop_reason == "eos" for o in want) and len({o.nfe for o in want}) > 1
     monkeypatch.setattr(dlm_sampling, "_can_graph", lambda x, backend: True)
     monkeypatch.setattr(dlm_sampling, "_BlockGraph", EagerGraph)
-    got = generate_dlm(b, prompts, DLMSettings(**kw, cuda_graphs=True), generators=gens(3, 5),
-                       heal=True)
+    got = generate_dlm(b, prompts, DLMSettings(**kw, early_stop=early_stop, cuda_graphs=True),
+                       generators=gens(3, 5), heal=True)
     assert [o.ids for o in got] == [o.ids for o in want]
     assert [o.nfe for o in got] == [o.nfe for o in want]
     assert [o.flops for o in got] == [o.flops for o in want]
@@ -370,9 +388,10 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
+@pytest.mark.parametrize("early_stop", [False, True])
 @pytest.mark.parametrize("sampler", GRAPHED_SAMPLERS)
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sampler):
+def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sampler, early_stop):
     # the real capture and replay, on a GPU, in bf16 (what generation uses there): the graph
     # replays the eager kernels, so the samples are identical, token for token
     captures = []
@@ -387,14 +406,21 @@ def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sample
     meta = {"objective": "mdm", "mask_id": MASK, "eot_id": EOT, "pad_id": PAD}
     b = native_backend(model, tok, meta, device=torch.device("cuda"), dtype=torch.bfloat16)
     b.eos_ids = [5]
-    kw = dict(gen_length=24, block_length=8, cache=cache, early_stop=False,
-              **GRAPHED_SAMPLERS[sampler])
-    cuda_gens = [torch.Generator("cuda").manual_seed(5 + i) for i in range(3)]
-    want = generate_dlm(b, encode(tok), DLMSettings(**kw), generators=cuda_gens, heal=True)
+    kw = dict(gen_length=24, block_length=8, cache=cache, **GRAPHED_SAMPLERS[sampler])
+
+    def cuda_gens():
+        return [torch.Generator("cuda").manual_seed(5 + i) for i in range(3)]
+
+    if early_stop:  # rows leave the live set between replays: a graph input, not a constant
+        kw["logits_eos_inf"] = False  # end-of-text must be proposable
+        b.eos_ids = stopping_eos(b, encode(tok), kw, cuda_gens())
+    want = generate_dlm(b, encode(tok), DLMSettings(**kw, early_stop=early_stop),
+                        generators=cuda_gens(), heal=True)
+    if early_stop:  # some rows stopped at end-of-text, at different steps
+        assert any(o.stop_reason == "eos" for o in want) and len({o.nfe for o in want}) > 1
     monkeypatch.setattr(dlm_sampling._BlockGraph, "warm_and_capture", classmethod(counting))
-    cuda_gens = [torch.Generator("cuda").manual_seed(5 + i) for i in range(3)]
-    got = generate_dlm(b, encode(tok), DLMSettings(**kw, cuda_graphs=True), generators=cuda_gens,
-                       heal=True)
+    got = generate_dlm(b, encode(tok), DLMSettings(**kw, early_stop=early_stop, cuda_graphs=True),
+                       generators=cuda_gens(), heal=True)
     assert captures
     assert [o.ids for o in got] == [o.ids for o in want]
     assert [o.nfe for o in got] == [o.nfe for o in want]
@@ -416,6 +442,16 @@ def test_real_cuda_graphs_reuse_their_memory(tok):
         torch.cuda.synchronize()
         reserved.append(torch.cuda.memory_reserved())
     assert reserved[-1] - reserved[1] < 16 * 2**20, reserved
+
+
+def test_dlm_caches_need_a_cache_rewritable_in_place(tok):
+    # an AR model read as a Dream-convention DLM has no such cache (nor has an HF model's
+    # append-only DynamicCache): refused, not decoded wrongly
+    view = ShiftedView(backend_for(tok, "ar"), MASK)
+    for cache in ("prefix", "dual"):
+        with pytest.raises(ValueError, match="rewrite in place"):
+            generate_dlm(view, encode(tok), DLMSettings(gen_length=16, block_length=8,
+                                                        cache=cache))
 
 
 def test_dlm_early_stop_at_eos_and_stop_sequence(tok):
