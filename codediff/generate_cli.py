@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="decode every block even after the answer has ended")
     dlm.add_argument("--cuda-graphs", action="store_true",
                      help="native models on a GPU: capture each block's repeated step in a "
-                     "CUDA graph and replay it (same samples; 1.1-3.9x faster on an H100)")
+                     "CUDA graph and replay it (same samples; 1.1-3.4x faster on an H100)")
 
     model = parser.add_argument_group("model loading")
     model.add_argument("--backend", default="auto", choices=("auto", "native", "hf", "vllm"))
