@@ -24,6 +24,7 @@ part in), seconds (its share of each step's wall time) and estimated FLOPs.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import time
 from dataclasses import dataclass
@@ -387,6 +388,8 @@ class _GraphMemory:
 
 
 _GRAPH_MEMORY: dict[int, _GraphMemory] = {}
+# drop the kept graphs while CUDA is still up, not in the interpreter's final teardown
+atexit.register(_GRAPH_MEMORY.clear)
 
 
 def _graph_memory() -> _GraphMemory:
