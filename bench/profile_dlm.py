@@ -22,11 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = {  # name -> (sampler, tau, cache); one token per step uses steps = gen_length
-    "1tok": ("low_confidence", None, "none"),
-    "threshold": ("threshold", 0.9, "none"),
-    "prefix": ("threshold", 0.9, "prefix"),
-    "dual": ("threshold", 0.9, "dual"),
+# the DLM rows of bench/generate_throughput.py, by the same names:
+# name -> (sampler, tau, cache); one token per step uses steps = gen_length
+CONFIGS = {
+    "dlm_1tok": ("low_confidence", None, "none"),
+    "dlm_threshold": ("threshold", 0.9, "none"),
+    "dlm_thr_prefix": ("threshold", 0.9, "prefix"),
+    "dlm_thr_dual": ("threshold", 0.9, "dual"),
 }
 
 
@@ -41,7 +43,6 @@ def main() -> int:
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--cuda-graphs", action="store_true")
-    p.add_argument("--sort", action="store_true", help="batch the prompts sorted by length")
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--device", default="cuda", help="cpu: a dry run of this script")
     args = p.parse_args()
@@ -83,8 +84,6 @@ def main() -> int:
     budget = b.max_seq_len - args.gen_length
     prompts = [b.tokenizer.encode(task.prompt_for(q, fmt.name))[-budget:]
                for q in task.problems[: args.batch_size]]
-    if args.sort:
-        prompts.sort(key=len)
     lengths = [len(x) for x in prompts]
     name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
     print(f"{name}, batch {len(prompts)}, prompt tokens "

@@ -6,7 +6,8 @@ A backend gives the samplers what they need and nothing else:
 - `forward(idx, attention_mask=, position_ids=, start_pos=, cache=, update_cache=)` -> logits
   [B, S, V] where logits[:, i] predicts token i for a DLM (the Dream shift is undone here) and
   token i + 1 for an AR model;
-- `new_cache(batch, capacity)` when the backend supports KV caching (`supports_cache`);
+- `new_cache(batch, capacity)` when the backend supports KV caching (`supports_cache`; the DLM
+  prefix / dual caches also need `dlm_cache`: a cache rewritten in place);
 - the special ids (`eos_ids`, `pad_id`, `mask_id`) and a FLOPs model for cost estimates.
 
 Backends:

@@ -251,6 +251,11 @@ class _Run:
                 return logits
             return commit(logits, win[:, s - lo:e - lo], live_t, k[0] if k else None)
 
+        def inputs(j: int) -> tuple[torch.Tensor, ...]:
+            """What step j's replay reads: the window, the live rows, its commit count."""
+            k = () if k_sched is None else (k_sched[:, j],)
+            return (x[:, lo:hi], live_t, *k)
+
         # a replayed step launched ahead: once a step's tokens are on the host, the next step's
         # graph is replayed at once, so the GPU runs it while the host does this step's
         # bookkeeping (which is otherwise GPU idle time, ~1 ms a step at batch 64 on an H100)
@@ -276,23 +281,20 @@ class _Run:
                     cache.truncate(s)
                 new_blk = commit(logits, x[:, s:e], live_t, k_i)
             else:
-                win = x[:, lo:hi]
                 if i == 0 or not graphs:
-                    new_blk = commit(steady(win), x[:, s:e], live_t, k_i)
+                    new_blk = commit(steady(x[:, lo:hi]), x[:, s:e], live_t, k_i)
                 else:
                     # steps after the first: one shape, one cache all block
-                    args = (win, live_t) + ((k_i,) if k_i is not None else ())
                     if graph is None:
-                        out, graph = _BlockGraph.warm_and_capture(step, args)
+                        out, graph = _BlockGraph.warm_and_capture(step, inputs(i))
                     else:
-                        out = graph(*args)
+                        out = graph(*inputs(i))
                     new_blk = out if whole else commit(out, x[:, s:e], live_t, k_i)
             x[:, s:e] = new_blk
             new_host = _host(new_blk)  # the step's one sync
             if graph is not None and whole and i + 1 < n_steps \
                     and (live & (new_host == mask_id).any(axis=1)).any():
-                k_n = k_sched[:, i + 1] if k_sched is not None else None
-                ahead = graph(x[:, lo:hi], live_t, *(() if k_n is None else (k_n,)))
+                ahead = graph(*inputs(i + 1))
             act = np.flatnonzero(has)
             orig = rows_np[act]
             self.nfe[orig] += 1
@@ -362,7 +364,7 @@ class _Run:
 def _can_graph(x: torch.Tensor, backend: Any) -> bool:
     # streams and captures belong to the current device: a model on another GPU (a torchrun
     # rank > 0, --device cuda:1) would capture an empty graph, so it stays eager
-    return x.is_cuda and getattr(backend, "graphable", False) and \
+    return x.is_cuda and backend.graphable and \
         x.device.index in (None, torch.cuda.current_device())
 
 

@@ -387,6 +387,14 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
     assert outputs == ({torch.float64} if sampler == "sampled" else {torch.long})
 
 
+def cuda_backend(tok) -> NativeBackend:
+    """The test's mdm model on the GPU in bf16, placed as load_checkpoint places a checkpoint."""
+    model = make_model(tok.get_vocab_size(), causal=False)
+    model.to(torch.bfloat16).to("cuda")
+    meta = {"objective": "mdm", "mask_id": MASK, "eot_id": EOT, "pad_id": PAD}
+    return native_backend(model, tok, meta, device=torch.device("cuda"), dtype=torch.bfloat16)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
 @pytest.mark.parametrize("early_stop", [False, True])
 @pytest.mark.parametrize("sampler", GRAPHED_SAMPLERS)
@@ -401,10 +409,7 @@ def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sample
         captures.append(tuple(inputs[0].shape))
         return real(cls, fn, inputs)
 
-    model = make_model(tok.get_vocab_size(), causal=False)
-    model.to(torch.bfloat16).to("cuda")  # as load_checkpoint places a checkpoint on a GPU
-    meta = {"objective": "mdm", "mask_id": MASK, "eot_id": EOT, "pad_id": PAD}
-    b = native_backend(model, tok, meta, device=torch.device("cuda"), dtype=torch.bfloat16)
+    b = cuda_backend(tok)
     b.eos_ids = [5]
     kw = dict(gen_length=24, block_length=8, cache=cache, **GRAPHED_SAMPLERS[sampler])
 
@@ -430,10 +435,7 @@ def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sample
 def test_real_cuda_graphs_reuse_their_memory(tok):
     # every block captures a graph; with a pool per graph the reserved memory grew with each
     # capture (an out-of-memory at batch 128 on the H100). Shared, it stays flat.
-    model = make_model(tok.get_vocab_size(), causal=False)
-    model.to(torch.bfloat16).to("cuda")
-    meta = {"objective": "mdm", "mask_id": MASK, "eot_id": EOT, "pad_id": PAD}
-    b = native_backend(model, tok, meta, device=torch.device("cuda"), dtype=torch.bfloat16)
+    b = cuda_backend(tok)
     s = DLMSettings(gen_length=64, block_length=8, rule=CommitRule("threshold", tau=0.99),
                     cache="dual", early_stop=False, cuda_graphs=True)
     reserved = []
