@@ -94,8 +94,9 @@ def main() -> int:
     p.add_argument("--extra-taus", type=float, nargs="*", default=[],
                    help="also threshold + dual cache at these tau (the speed/quality trade-off)")
     p.add_argument("--batch-size", type=int, default=1, help="1 = latency setting of Fast-dLLM")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="every DLM configuration replays its blocks' forwards as CUDA graphs")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="DLM configurations replay their steps as CUDA graphs (default; "
+                   "--no-cuda-graphs: eager)")
     p.add_argument("--only", nargs="+", default=None, help="run only these configurations")
     p.add_argument("--judge", action="store_true", help="also run `codediff evaluate`")
     p.add_argument("--rescore", action="store_true",

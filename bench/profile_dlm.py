@@ -42,7 +42,7 @@ def main() -> int:
     p.add_argument("--gen-length", type=int, default=256)
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--cuda-graphs", action="store_true")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--device", default="cuda", help="cpu: a dry run of this script")
     args = p.parse_args()

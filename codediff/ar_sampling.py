@@ -45,7 +45,7 @@ class Sample:
     raw: str                       # decoded generated text before truncation
     tokens: int                    # tokens that make up `completion`
     nfe: int                       # forward passes this sample took part in
-    seconds: float                 # its share of the batch's wall time
+    seconds: float                 # its share of the batch's wall time (see share_rest)
     flops: float                   # estimated forward FLOPs spent on it
     stop_reason: str               # "eos" | "stop" | "length"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -196,6 +196,7 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
                 heal: bool = False) -> list[Sample]:
     """Sample one continuation per prompt. `generators` (one per row) make sampling
     reproducible and independent of batch composition; `heal` turns on token healing."""
+    t_call = time.perf_counter()
     dev = backend.device
     healing = heal_prompts(backend.tokenizer, prompts) if heal else None
     if healing is not None:
@@ -307,7 +308,19 @@ def generate_ar(backend: Any, prompts: list[list[int]], settings: ARSettings,
         out.append(Sample(ids=gen[b], completion=completion, raw=raw, tokens=n, nfe=nfe[b],
                           seconds=secs[b], flops=cost[b], stop_reason=why,
                           extra={"healed": pre} if pre else {}))
-    return out
+    return share_rest(out, t_call)
+
+
+def share_rest(samples: list[Sample], t_call: float) -> list[Sample]:
+    """Give each sample an equal share of the call's time outside its steps (padding the
+    prompts, between blocks, decoding the answers), so the samples' seconds add up to the wall
+    time of the whole call: tokens / seconds is then the batch's throughput, and every sampler
+    is timed the same way."""
+    if samples:
+        rest = time.perf_counter() - t_call - sum(s.seconds for s in samples)
+        for s in samples:
+            s.seconds += max(rest, 0.0) / len(samples)
+    return samples
 
 
 def _share(secs: list[float], who: list[bool], dt: float) -> None:

@@ -153,7 +153,9 @@ class Backend:
         raise UserError(f"the {self.name} backend has no KV cache; use --cache none")
 
     can_select_rows = False  # select_rows works on this backend's caches
-    graphable = False  # its forward can be captured in a CUDA graph (no host syncs inside)
+    # its forward can be captured in a CUDA graph (no host syncs inside), and takes a device
+    # tensor for `start_pos` (cached steps) and `logits_at` for the positions to score
+    graphable = False
 
     def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
         """The cache of a batch reduced to `rows` (batch positions), for dropping finished
@@ -186,12 +188,14 @@ class NativeBackend(Backend):
 
     @torch.no_grad()
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
-                update_cache=False, logits_range=None):
+                update_cache=False, logits_range=None, logits_at=None):
+        # graphable: `start_pos` may be a 0-dim device tensor and `logits_at` a device tensor of
+        # positions (model.Transformer.forward), so one CUDA graph serves every block
         weights = next(self.model.parameters()).dtype
         with forward_context(self.device, self.dtype if weights == torch.float32 else None):
             out = self.model(idx, attention_mask=attention_mask, position_ids=position_ids,
                              start_pos=start_pos, cache=cache, update_cache=update_cache,
-                             logits_range=logits_range)
+                             logits_range=logits_range, logits_at=logits_at)
         return _upcast(out)
 
     def new_cache(self, batch: int, capacity: int) -> Any:

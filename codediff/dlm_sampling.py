@@ -19,7 +19,8 @@ Batches may mix prompt lengths: prompts are left-padded, pads are hidden by the 
 position ids count real tokens only. A row stops early once its answer is decided: an
 end-of-text token with no mask before it, or a stop sequence in the decided prefix. Finished
 rows leave the batch at the next block start. Per row we record NFE (forward passes it took
-part in), seconds (its share of each step's wall time) and estimated FLOPs.
+part in), seconds (its share of each step's wall time, plus an equal share of the rest of the
+call: the samples' seconds add up to the call's wall time) and estimated FLOPs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from codediff.ar_sampling import Sample, StopWatcher, finish, heal_prompts, left_pad
+from codediff.ar_sampling import Sample, StopWatcher, finish, heal_prompts, left_pad, share_rest
 from codediff.samplers import CommitRule, propose, select, transfer_schedule
 
 CACHES = ("none", "prefix", "dual")
@@ -51,9 +52,10 @@ class DLMSettings:
     logits_eos_inf: bool = False     # never propose end-of-text (LLaDA eval option)
     confidence_eos_inf: bool = False  # propose it, but commit it last (LLaDA eval option)
     early_stop: bool = True
-    # CUDA graphs (native models on a GPU): each block's repeated step is captured once and
-    # replayed; same kernels, so the same samples (measured on an H100: docs/benchmarks.md)
-    cuda_graphs: bool = False
+    # CUDA graphs (native models on a GPU; elsewhere ignored): the repeated step is captured
+    # once per batch and replayed; same kernels, so the same samples (measured on an H100:
+    # docs/benchmarks.md)
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.gen_length < 1 or self.block_length < 1:
@@ -91,6 +93,7 @@ def generate_dlm(backend: Any, prompts: list[list[int]], settings: DLMSettings,
                  heal: bool = False) -> list[Sample]:
     """Generate one answer per prompt with a masked diffusion model (`heal`: token healing,
     see ar_sampling.Healing; it constrains the first answer position)."""
+    t_call = time.perf_counter()
     if backend.mask_id is None:
         raise ValueError("DLM generation needs a mask token id")
     if settings.cache != "none" and not backend.dlm_cache:
@@ -145,7 +148,7 @@ def generate_dlm(backend: Any, prompts: list[list[int]], settings: DLMSettings,
         out.append(Sample(ids=ids_b, completion=completion, raw=raw, tokens=n,
                           nfe=int(run.nfe[b]), seconds=float(run.secs[b]),
                           flops=float(run.flops[b]), stop_reason=why, extra=extra))
-    return out
+    return share_rest(out, t_call)
 
 
 def _answer(gen: torch.Tensor, mask_id: int, eos: torch.Tensor) -> tuple[list[int], str]:
@@ -182,7 +185,12 @@ class _Run:
         self.gen_host = np.full((n, settings.gen_length), backend.mask_id, dtype=np.int64)
         self.eos_ids = list(backend.eos_ids)
         self.healing = None                  # token healing: constrains answer position 0
+        self.allowed: torch.Tensor | None = None  # its tokens allowed there [rows, V]
         self.skip = [0] * n                  # healed characters at the answer's start
+        # kept from block to block while the rows stay the same (see block)
+        self.key: tuple | None = None
+        self.graph: _BlockGraph | None = None
+        self.cache: Any = None
 
     # -- one block ---------------------------------------------------------------------------
     def block(self, x: torch.Tensor, attn: torch.Tensor, positions: torch.Tensor, rows: list[int],
@@ -192,11 +200,11 @@ class _Run:
         padded = not bool(attn.all())
         am = attn if padded else None
         mask_id = b.mask_id
+        BL = e - s
         k_sched = None
         if st.rule.fixed_schedule:
             k_sched = transfer_schedule((x[:, s:e] == mask_id).sum(dim=1), st.steps_per_block)
-        cache = None
-        n_steps = st.steps_per_block if st.rule.fixed_schedule else (e - s)
+        n_steps = st.steps_per_block if st.rule.fixed_schedule else BL
         rows_np = np.asarray(rows)
         live = ~np.asarray(done)[rows_np]
         live_t = torch.from_numpy(live).to(x.device)
@@ -207,54 +215,77 @@ class _Run:
         # deterministic; with sampling noise only the forward (the per-row generators stay
         # outside the graph, so graphed and eager samples stay the same)
         whole = st.temperature == 0 and st.rule.score != "random"
-        graph = None
-        # token healing (block 0 only; no row has left the batch before it): the tokens allowed
-        # at the answer's first position, built at the block's first step, which is never graphed
-        heal = self.healing is not None and s == self.P
-        allowed = None
+        # a native model takes the block's start as a device tensor (s_t), so the steps of every
+        # block have one form and one graph serves the whole batch: captured once, not once per
+        # block (each capture and its warm-up cost ~10 steps on an H100). Without a cache and
+        # with the dual cache that holds until rows leave; the prefix cache's window shrinks
+        # block by block, so it still needs a graph per block.
+        on_device = b.graphable
+        s_t = torch.tensor(s, device=x.device) if on_device else None
+        key = (tuple(rows), s if st.cache == "prefix" else None)
+        if key != self.key:
+            self.key, self.graph, self.cache = key, None, None
+        if self.allowed is not None and s > self.P:
+            # token healing constrains the first block only; later blocks allow every token, in
+            # the same tensor (a graph reads it)
+            if self.allowed.shape[0] == len(rows):
+                self.allowed.fill_(True)
+            else:
+                self.allowed = self.allowed.new_ones(len(rows), self.allowed.shape[1])
 
         # the input of every step but a cached mode's first: the whole sequence without a cache,
         # the block and what follows it (prefix), the block alone (dual)
         lo, hi = (0, x.shape[1]) if st.cache == "none" else (s, x.shape[1]) \
             if st.cache == "prefix" else (s, e)
 
-        def steady(inp: torch.Tensor) -> torch.Tensor:
+        def steady(inp: torch.Tensor, s_t: torch.Tensor | None) -> torch.Tensor:
             """The forward of such a step: logits for the block's positions [B, e - s, V]."""
-            pos = positions[:, lo:hi] if padded else None
+            cache = self.cache
             if st.cache == "none":
+                pos = positions if padded else None
+                if on_device:
+                    return b.forward(inp, attention_mask=am, position_ids=pos,
+                                     logits_at=s_t + torch.arange(BL, device=inp.device))
                 return b.forward(inp, attention_mask=am, position_ids=pos, logits_range=(s, e))
             # the fresh keys/values are written into the cache in place (update_cache) rather
             # than concatenated with it, which copied the whole cache every step; same result:
             # each step rewrites the slots it reads fresh, and a block start rebuilds the cache
+            if st.cache == "dual" and on_device:
+                slots = s_t + torch.arange(BL, device=inp.device)
+                pos = positions.index_select(1, slots) if padded else None
+                return b.forward(inp, attention_mask=am, position_ids=pos, start_pos=s_t,
+                                 cache=cache, update_cache=True)
+            pos = positions[:, lo:hi] if padded else None
             return b.forward(inp, attention_mask=am, position_ids=pos, start_pos=s, cache=cache,
                              update_cache=True,
-                             logits_range=(0, e - s) if st.cache == "prefix" else None)
+                             logits_range=(0, BL) if st.cache == "prefix" else None)
 
         def commit(logits: torch.Tensor, xb: torch.Tensor, live_t: torch.Tensor,
                    k: torch.Tensor | None) -> torch.Tensor:
             """The block's tokens after this step's commits."""
-            nonlocal allowed
+            if self.healing is not None and self.allowed is None:
+                # the answer's first token must extend the healed prompt text (block 0's first
+                # step builds the constraint; it is never graphed)
+                self.allowed = self.healing.mask(logits.shape[-1], logits.device)[rows]
             cand = (xb == mask_id) & live_t.unsqueeze(1)
-            if heal:
-                # the answer's first token must extend the healed prompt text
-                if allowed is None:
-                    allowed = self.healing.mask(logits.shape[-1], logits.device)[rows]
-                logits = logits.clone()
-                logits[:, 0] = logits[:, 0].masked_fill(~allowed, float("-inf"))
-            chosen, x0 = self._commit(logits, cand, gens, k)
+            chosen, x0 = self._commit(logits, cand, gens, k, self.allowed)
             return torch.where(chosen, x0, xb)
 
-        def step(win: torch.Tensor, live_t: torch.Tensor, *k: torch.Tensor) -> torch.Tensor:
+        def step(win: torch.Tensor, s_t: torch.Tensor, live_t: torch.Tensor,
+                 *k: torch.Tensor) -> torch.Tensor:
             """A steady step as the graph holds it: the new block tokens, or only the logits."""
-            logits = steady(win)
+            logits = steady(win, s_t)
             if not whole:
                 return logits
-            return commit(logits, win[:, s - lo:e - lo], live_t, k[0] if k else None)
+            xb = win if st.cache == "dual" else win[:, :BL] if st.cache == "prefix" else \
+                win.index_select(1, s_t + torch.arange(BL, device=win.device))
+            return commit(logits, xb, live_t, k[0] if k else None)
 
         def inputs(j: int) -> tuple[torch.Tensor, ...]:
-            """What step j's replay reads: the window, the live rows, its commit count."""
+            """What step j's replay reads: the window, the block start, the live rows, its
+            commit count."""
             k = () if k_sched is None else (k_sched[:, j],)
-            return (x[:, lo:hi], live_t, *k)
+            return (x[:, lo:hi], s_t, live_t, *k)
 
         # a replayed step launched ahead: once a step's tokens are on the host, the next step's
         # graph is replayed at once, so the GPU runs it while the host does this step's
@@ -271,30 +302,33 @@ class _Run:
                 new_blk, ahead = ahead, None
             elif i == 0 and st.cache != "none":
                 # block start: one full pass (also this step's prediction) refreshes the cache;
-                # the output head runs on the block's positions only (logits_range)
-                cache = b.new_cache(x.shape[0], x.shape[1])
+                # the output head runs on the block's positions only
+                if self.cache is None:
+                    self.cache = b.new_cache(x.shape[0], x.shape[1])
                 logits = b.forward(x, attention_mask=am,
                                    position_ids=positions if padded else None,
-                                   start_pos=0, cache=cache, update_cache=True,
-                                   logits_range=(s, e))
+                                   start_pos=0, cache=self.cache, update_cache=True,
+                                   **({"logits_at": s_t + torch.arange(BL, device=x.device)}
+                                      if on_device else {"logits_range": (s, e)}))
                 if st.cache == "prefix":
-                    cache.truncate(s)
+                    self.cache.truncate(s)
                 new_blk = commit(logits, x[:, s:e], live_t, k_i)
+            elif not graphs or (i == 0 and self.graph is None):
+                new_blk = commit(steady(x[:, lo:hi], s_t), x[:, s:e], live_t, k_i)
             else:
-                if i == 0 or not graphs:
-                    new_blk = commit(steady(x[:, lo:hi]), x[:, s:e], live_t, k_i)
+                # one shape, one cache, for the rest of the batch (prefix: of the block)
+                if self.graph is None:
+                    out, self.graph = _BlockGraph.warm_and_capture(step, inputs(i))
+                    # what the graph reads but does not own stays alive with it
+                    self.graph.keep = (am, positions, self.cache, self.allowed, self.eos)
                 else:
-                    # steps after the first: one shape, one cache all block
-                    if graph is None:
-                        out, graph = _BlockGraph.warm_and_capture(step, inputs(i))
-                    else:
-                        out = graph(*inputs(i))
-                    new_blk = out if whole else commit(out, x[:, s:e], live_t, k_i)
+                    out = self.graph(*inputs(i))
+                new_blk = out if whole else commit(out, x[:, s:e], live_t, k_i)
             x[:, s:e] = new_blk
             new_host = _host(new_blk)  # the step's one sync
-            if graph is not None and whole and i + 1 < n_steps \
+            if self.graph is not None and whole and i + 1 < n_steps \
                     and (live & (new_host == mask_id).any(axis=1)).any():
-                ahead = graph(*inputs(i + 1))
+                ahead = self.graph(*inputs(i + 1))
             act = np.flatnonzero(has)
             orig = rows_np[act]
             self.nfe[orig] += 1
@@ -302,7 +336,7 @@ class _Run:
             for j, r, c in zip(act.tolist(), orig.tolist(), counts, strict=True):
                 self.committed[r].append(c)
                 if b.flops is not None:
-                    head = e - s if b.slices_head else n_query[j]
+                    head = BL if b.slices_head else n_query[j]
                     self.flops[r] += b.flops.forward(n_query[j], self.real[r], head)
             self.gen_host[orig, s - self.P: e - self.P] = new_host[act]
             blk_host = new_host
@@ -321,11 +355,15 @@ class _Run:
             t_last = now
 
     def _commit(self, logits: torch.Tensor, cand: torch.Tensor,
-                gens: list[torch.Generator] | None, k: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                gens: list[torch.Generator] | None, k: torch.Tensor | None,
+                allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         st, b = self.s, self.b
-        logits = logits.clone()
+        # `logits` are this step's own (a forward's fresh output, or the graph's output tensor
+        # that the next replay overwrites), so they are edited in place: a copy would be two
+        # more passes over [B, block, vocab] every step
         logits[..., b.mask_id] = float("-inf")  # a mask is never an answer
+        if allowed is not None:  # token healing: the block's first position (see block)
+            logits[:, 0].masked_fill_(~allowed, float("-inf"))
         if st.logits_eos_inf and b.eos_ids:
             # index with the device tensor: a Python list would be copied from the host, which
             # a CUDA graph capture does not allow
@@ -402,9 +440,11 @@ def _graph_memory() -> _GraphMemory:
 
 
 class _BlockGraph:
-    """A CUDA graph of one block's steady step: captured at the block's second step, replayed
-    for the rest. Inputs are copied into the captured input tensors; the output tensor is the
-    graph's own and is overwritten by the next replay (the sampler copies it out at once).
+    """A CUDA graph of the steady step: captured at the first step that can be replayed (a
+    block's second), replayed for the rest of the batch (prefix cache: of the block). Inputs
+    are copied into the captured input tensors; the output tensor is the graph's own and is
+    overwritten by the next replay (the sampler copies it out at once). `keep` holds the
+    tensors the graph reads without owning them.
 
     The capture calls CUDAGraph.capture_begin/end itself rather than `torch.cuda.graph`, whose
     entry empties the allocator's cache: once per block, that would hand every cached block of
@@ -412,6 +452,7 @@ class _BlockGraph:
 
     def __init__(self, fn, inputs: tuple[torch.Tensor, ...], mem: _GraphMemory):
         self.inputs = tuple(t.clone() for t in inputs)  # on the stream that replays the graph
+        self.keep: tuple = ()
         self.graph = torch.cuda.CUDAGraph()
         mem.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(mem.stream):

@@ -67,7 +67,7 @@ class GenerateConfig:
     logits_eos_inf: bool = False
     confidence_eos_inf: bool = False
     early_stop: bool = True
-    cuda_graphs: bool = False  # DLM: replay each block's repeated step as a CUDA graph
+    cuda_graphs: bool = True  # DLM: replay the repeated step as a CUDA graph (native, GPU)
     # model loading
     backend: str = "auto"
     kind: str | None = None

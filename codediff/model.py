@@ -7,6 +7,10 @@ diffusion (`mdm`) model; nothing else differs. Attention goes through
 A `KVCache` serves both AR decoding (append) and diffusion decoding (prefix / dual caches, where a
 step computes fresh keys for some positions, writes them over those positions of the cache in
 place, and reads the rest as cached at the block start).
+
+`start_pos` (where the input sits in the sequence) may be a 0-dim tensor on the model's device
+instead of an int, for cached steps that rewrite a filled cache: nothing then depends on its
+value on the host, so one CUDA graph of the step serves every block of a diffusion answer.
 """
 
 from __future__ import annotations
@@ -195,7 +199,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                 mask: torch.Tensor | None, start_pos: int, cache_kv: tuple | None,
-                update_cache: bool, cache_len: int) -> torch.Tensor:
+                update_cache: bool, cache_len: int,
+                slots: torch.Tensor | None = None) -> torch.Tensor:
         B, S, _ = x.shape
         hd = self.head_dim
         qkv = self.wqkv(x)
@@ -217,7 +222,13 @@ class Attention(nn.Module):
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if cache_kv is not None:
+        if cache_kv is not None and slots is not None:
+            # a device-tensor start: the input's positions are `slots`, inside the valid cache
+            ck, cv = cache_kv
+            ck.index_copy_(2, slots, k.to(ck.dtype))
+            cv.index_copy_(2, slots, v.to(cv.dtype))
+            k, v = ck[:, :, :cache_len].to(q.dtype), cv[:, :, :cache_len].to(q.dtype)
+        elif cache_kv is not None:
             ck, cv = cache_kv
             end = start_pos + S
             total = max(cache_len, end)
@@ -321,9 +332,16 @@ class Transformer(nn.Module):
         self.init_rope(self.rope_cos.device)
         return out
 
-    def _rope(self, position_ids, start_pos: int, S: int, device):
+    def _rope(self, position_ids, start_pos: int, S: int, device,
+              slots: torch.Tensor | None = None, last: int = 0):
         cfg = self.config
         n = self.rope_cos.shape[0]
+        if position_ids is None and slots is not None:
+            # a device-tensor start: positions up to `last` (exclusive) may occur
+            if last <= n and self.rope_cos.device == device:
+                return self.rope_cos.index_select(0, slots)[None], \
+                    self.rope_sin.index_select(0, slots)[None]
+            position_ids = slots[None]
         if position_ids is None:
             if start_pos + S <= n and self.rope_cos.device == device:
                 return (self.rope_cos[start_pos:start_pos + S][None],
@@ -334,12 +352,13 @@ class Transformer(nn.Module):
         # table, which is built by the same function)
         return rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_base, self.rope_cos.dtype)
 
-    def _attention_mask(self, B: int, S: int, K: int, start_pos: int, causal: bool,
+    def _attention_mask(self, B: int, S: int, K: int, start_pos: int | torch.Tensor,
+                        causal: bool,
                         attention_mask: torch.Tensor | None, device) -> torch.Tensor:
         """Bool [B, 1, S, K]: query at absolute position p sees key j when j <= p (causal) and
         attention_mask[b, j]. A query always sees its own key, so a padding query never has an
         empty row (which would turn into NaN and leak through the next layer's values)."""
-        q_pos = torch.arange(start_pos, start_pos + S, device=device)[:, None]
+        q_pos = (start_pos + torch.arange(S, device=device))[:, None]
         k_pos = torch.arange(K, device=device)[None, :]
         allowed = (k_pos <= q_pos) if causal else torch.ones(S, K, dtype=torch.bool,
                                                                device=device)
@@ -352,13 +371,22 @@ class Transformer(nn.Module):
         return allowed | (k_pos == q_pos)[None, None]
 
     def hidden(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-               position_ids: torch.Tensor | None = None, start_pos: int = 0,
+               position_ids: torch.Tensor | None = None, start_pos: int | torch.Tensor = 0,
                cache: KVCache | None = None, update_cache: bool = False) -> torch.Tensor:
-        """Final-normed hidden states [B, S, d] (the input of `lm_head`)."""
+        """Final-normed hidden states [B, S, d] (the input of `lm_head`). A tensor `start_pos`
+        (0-dim, on the model's device) needs a cache to rewrite (`update_cache`) whose valid
+        length covers the input; it is not checked, as that would read it back to the host."""
         B, S = idx.shape
         cfg = self.config
         cache_len = 0
-        if cache is not None:
+        slots = None
+        if isinstance(start_pos, torch.Tensor):
+            if cache is None or not update_cache or cache.length < S:
+                raise ValueError("a tensor start_pos needs a filled cache to rewrite "
+                                 "(cache=, update_cache=True)")
+            slots = start_pos + torch.arange(S, device=idx.device)
+            cache_len = cache.length
+        elif cache is not None:
             cache_len = cache.length
             if start_pos > cache_len:
                 raise ValueError(f"start_pos {start_pos} leaves a gap after the cache's "
@@ -367,42 +395,47 @@ class Transformer(nn.Module):
                 raise ValueError(f"positions up to {start_pos + S} exceed the cache capacity "
                                  f"{cache.capacity}")
         x = self.tok_emb(idx)
-        cos, sin = self._rope(position_ids, start_pos, S, idx.device)
+        cos, sin = self._rope(position_ids, start_pos, S, idx.device, slots, cache_len)
         if not self.training:
             # cast once here, not in every layer's apply_rope (same values, fewer kernels)
             cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         mask = None
         if attention_mask is not None or cache is not None:
-            K = max(cache_len, start_pos + S) if cache is not None else S
+            K = S if cache is None else cache_len if slots is not None else \
+                max(cache_len, start_pos + S)
             mask = self._attention_mask(B, S, K, start_pos, cfg.causal, attention_mask,
                                         idx.device)
         for i, layer in enumerate(self.layers):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
             kw = dict(mask=mask, start_pos=start_pos, cache_kv=kv, update_cache=update_cache,
-                      cache_len=cache_len)
+                      cache_len=cache_len, slots=slots)
             if self.activation_checkpointing and self.training and cache is None:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, use_reentrant=False,
                                                       **kw)
             else:
                 x = layer(x, cos, sin, **kw)
-        if cache is not None and update_cache:
+        if cache is not None and update_cache and slots is None:
             cache.length = max(cache_len, start_pos + S)
         return self.norm(x)
 
     def forward(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, start_pos: int = 0,
+                position_ids: torch.Tensor | None = None, start_pos: int | torch.Tensor = 0,
                 cache: KVCache | None = None, update_cache: bool = False,
                 logits_range: tuple[int, int] | None = None,
-                logits_index: torch.Tensor | None = None) -> torch.Tensor:
+                logits_index: torch.Tensor | None = None,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, S, V] in float32 (float64 for a float64 model); with `logits_range`
         (a, b) only those of input positions a..b-1, [B, b - a, V]: samplers read a few
         positions, and the head over every position is most of a small model's forward.
+        `logits_at` (input positions [n], a device tensor) does the same as a range, [B, n, V].
         With `logits_index` (indices into the flattened B x S positions) [K, V]: the mdm loss
         reads only its masked positions."""
         h = self.hidden(idx, attention_mask=attention_mask, position_ids=position_ids,
                         start_pos=start_pos, cache=cache, update_cache=update_cache)
         if logits_range is not None:
             h = h[:, logits_range[0]:logits_range[1]]
+        if logits_at is not None:
+            h = h.index_select(1, logits_at)
         if logits_index is not None:
             h = h.flatten(0, 1)[logits_index]
         logits = self.lm_head(h)

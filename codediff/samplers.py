@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from codediff import sampler_kernel
+
 # name -> (score, commit rule)
 SAMPLERS: dict[str, tuple[str, str]] = {
     "low_confidence": ("prob", "schedule"),
@@ -116,6 +118,11 @@ def propose(logits: torch.Tensor, temperature: float, score: str,
     x0 is the argmax of the Gumbel-perturbed logits. Scores come from the unperturbed
     distribution softmax(logits) computed in float64, as in LLaDA / Fast-dLLM.
     """
+    if temperature == 0 and score == "prob" and not need_entropy \
+            and sampler_kernel.usable(logits):
+        # greedy with the probability score on a GPU: one fused pass (sampler_kernel.py)
+        x0, conf = sampler_kernel.argmax_prob(logits)
+        return x0, conf, None
     x0 = gumbel_perturb(logits, temperature, generators).argmax(dim=-1)
     logp = F.log_softmax(logits.to(torch.float64), dim=-1)
     # the whole distribution only where a score needs it: `prob` exponentiates just the chosen

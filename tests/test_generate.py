@@ -369,7 +369,7 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
     if early_stop:  # rows leave the live set between replays
         kw["logits_eos_inf"] = False  # end-of-text must be proposable
         b.eos_ids = stopping_eos(b, prompts, kw, gens(3, 5))
-    want = generate_dlm(b, prompts, DLMSettings(**kw, early_stop=early_stop),
+    want = generate_dlm(b, prompts, DLMSettings(**kw, early_stop=early_stop, cuda_graphs=False),
                         generators=gens(3, 5), heal=True)
     if early_stop:  # some rows stopped at end-of-text, at different steps
         assert any(o.stop_reason == "eos" for o in want) and len({o.nfe for o in want}) > 1
@@ -380,8 +380,9 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
     assert [o.ids for o in got] == [o.ids for o in want]
     assert [o.nfe for o in got] == [o.nfe for o in want]
     assert [o.flops for o in got] == [o.flops for o in want]
-    assert captured  # blocks with more than one step were graphed, one capture each at most
-    assert len(captured) <= 3
+    # one capture serves every block of the batch while its rows stay (the prefix cache's
+    # window shrinks, so a capture per block there)
+    assert 1 <= len(captured) <= (3 if cache == "prefix" or early_stop else 1)
     # deterministic steps are graphed whole (the graph returns tokens), sampled ones only up to
     # the logits
     assert outputs == ({torch.float64} if sampler == "sampled" else {torch.long})
@@ -419,7 +420,8 @@ def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sample
     if early_stop:  # rows leave the live set between replays: a graph input, not a constant
         kw["logits_eos_inf"] = False  # end-of-text must be proposable
         b.eos_ids = stopping_eos(b, encode(tok), kw, cuda_gens())
-    want = generate_dlm(b, encode(tok), DLMSettings(**kw, early_stop=early_stop),
+    want = generate_dlm(b, encode(tok), DLMSettings(**kw, early_stop=early_stop,
+                                                    cuda_graphs=False),
                         generators=cuda_gens(), heal=True)
     if early_stop:  # some rows stopped at end-of-text, at different steps
         assert any(o.stop_reason == "eos" for o in want) and len({o.nfe for o in want}) > 1
@@ -877,3 +879,17 @@ def test_token_healing_in_both_loops(tok, kind):
     # healing keeps rows independent of their batch
     for i, p in enumerate(prompts):
         assert run([p], gens(1, i))[0].ids == out[i].ids
+
+
+def test_cuda_graphs_are_on_by_default_and_can_be_turned_off():
+    import argparse
+
+    from codediff import generate_cli
+    from codediff.generate import GenerateConfig
+
+    p = argparse.ArgumentParser()
+    generate_cli.add_arguments(p)
+    base = ["--model", "m", "--task", "humaneval", "--out", "o.jsonl"]
+    assert p.parse_args(base).cuda_graphs is True
+    assert p.parse_args([*base, "--no-cuda-graphs"]).cuda_graphs is False
+    assert DLMSettings().cuda_graphs and GenerateConfig(model="m", task="t", out="o").cuda_graphs

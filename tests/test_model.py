@@ -139,6 +139,34 @@ def test_dlm_dual_cache_reads_both_sides_and_writes_nothing():
     assert not torch.allclose(step, m(y)[:, bs:be], atol=1e-6)
 
 
+def test_a_tensor_start_rewrites_the_cache_as_an_int_start_does():
+    # a cached step whose start is a device tensor (one CUDA graph for every block): the same
+    # logits, the same cache, the same logits_at positions as with an int start
+    m = micro(False)
+    x = tokens(2, 24)
+    am = torch.ones(2, 24, dtype=torch.bool)
+    am[1, :3] = False  # a left-padded row
+    pos = (am.cumsum(1) - 1).clamp(min=0)
+    for mask, positions in ((None, None), (am, pos)):
+        caches = [KVCache.empty(m, 2, 24) for _ in range(2)]
+        for c in caches:
+            m(x, cache=c, update_cache=True, attention_mask=mask, position_ids=positions)
+        y = (x[:, 8:16] + 5) % V
+        p = None if positions is None else positions[:, 8:16]
+        want = m(y, start_pos=8, cache=caches[0], update_cache=True, attention_mask=mask,
+                 position_ids=p)
+        got = m(y, start_pos=torch.tensor(8), cache=caches[1], update_cache=True,
+                attention_mask=mask, position_ids=p)
+        assert torch.equal(got, want)
+        assert all(torch.equal(a, b) for a, b in zip(caches[0].k + caches[0].v,
+                                                      caches[1].k + caches[1].v, strict=True))
+        assert caches[1].length == 24
+    full = m(x, logits_range=(8, 16))
+    assert torch.equal(m(x, logits_at=torch.arange(8, 16)), full)
+    with pytest.raises(ValueError, match="filled cache"):
+        m(y, start_pos=torch.tensor(8), cache=KVCache.empty(m, 2, 24), update_cache=True)
+
+
 def test_dlm_cache_key_padding_mask():
     m = micro(False)
     x = tokens(1, 12)
