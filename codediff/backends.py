@@ -409,6 +409,11 @@ def pick_device(device: str | None) -> torch.device:
             return torch.device("cuda")
         # a torchrun rank: its GPU becomes the current device too, so that its kernels, streams
         # and CUDA graphs (which belong to the current device) are all on it
+        n = torch.cuda.device_count()
+        if int(local) >= n:
+            raise UserError(f"this torchrun process has LOCAL_RANK {local} but {n} GPU(s) are "
+                            f"visible; start at most {n} per node (--nproc-per-node {n}) or "
+                            "pass --device cpu")
         dev = torch.device(f"cuda:{int(local)}")
         torch.cuda.set_device(dev)
         return dev

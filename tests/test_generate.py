@@ -600,9 +600,9 @@ def test_logits_range_equals_slicing_the_full_logits(tok, llama_dir):
     # samplers ask for the positions they read; every backend must return exactly those rows
     native_ar, native_dlm = backend_for(tok, "ar"), backend_for(tok, "mdm")
     backends = [native_ar, native_dlm, ShiftedView(native_ar, MASK),
-                load_backend(llama_dir, dtype="float64"),
+                load_backend(llama_dir, dtype="float64", device="cpu"),
                 load_backend(llama_dir, dtype="float64", kind="dlm", convention="dream",
-                             mask_id=MASK)]
+                             mask_id=MASK, device="cpu")]
     assert backends[3]._keeps  # transformers' logits_to_keep path is the one exercised
     ids, mask, pos = left_pad(encode(tok), PAD, torch.device("cpu"))
     S = ids.shape[1]
@@ -771,7 +771,8 @@ def test_generate_under_torchrun_shards_and_merges(tok, tmp_path):
         pytest.skip("torchrun not installed")
     run = save_native(tok, tmp_path, "ar")
     common = ["--model", str(run), "--task", "humaneval", "--limit", "5", "-n", "2",
-              "--max-new-tokens", "8", "--temperature", "0.7", "--no-progress"]
+              "--max-new-tokens", "8", "--temperature", "0.7", "--device", "cpu",
+              "--no-progress"]
     single = tmp_path / "single.jsonl"
     assert cli(*common[:-1], "--out", single) == 0
     multi = tmp_path / "multi.jsonl"
@@ -818,8 +819,8 @@ def test_export_loads_in_the_llada_convention(tok, tmp_path):
     out = tmp_path / "exported"
     assert export_main([str(run), str(out)]) == 0
     assert export_main([str(run), str(out)]) == 2  # refuses to overwrite silently
-    native = load_backend(run, dtype="float64")
-    hf = load_backend(out, dtype="float64", trust_remote_code=True)
+    native = load_backend(run, dtype="float64", device="cpu")
+    hf = load_backend(out, dtype="float64", trust_remote_code=True, device="cpu")
     assert hf.name == "hf" and hf.kind == "dlm" and hf.convention == "llada"
     assert hf.mask_id == MASK and EOT in hf.eos_ids
     prompts = encode(tok)
@@ -893,3 +894,15 @@ def test_cuda_graphs_are_on_by_default_and_can_be_turned_off():
     assert p.parse_args(base).cuda_graphs is True
     assert p.parse_args([*base, "--no-cuda-graphs"]).cuda_graphs is False
     assert DLMSettings().cuda_graphs and GenerateConfig(model="m", task="t", out="o").cuda_graphs
+
+
+def test_torchrun_ranks_beyond_the_visible_gpus_are_told_what_to_do(monkeypatch):
+    from codediff.backends import pick_device
+    from codediff.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(UserError, match="--nproc-per-node 1"):
+        pick_device(None)
+    assert pick_device("cpu") == torch.device("cpu")
