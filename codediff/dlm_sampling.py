@@ -189,7 +189,8 @@ class _Run:
         self.skip = [0] * n                  # healed characters at the answer's start
         # kept from block to block while the rows stay the same (see block)
         self.key: tuple | None = None
-        self.graph: _BlockGraph | None = None
+        self.graph: _BlockGraph | None = None        # the steady step's
+        self.start_graph: _BlockGraph | None = None  # a cached mode's block start
         self.cache: Any = None
 
     # -- one block ---------------------------------------------------------------------------
@@ -217,14 +218,17 @@ class _Run:
         whole = st.temperature == 0 and st.rule.score != "random"
         # a native model takes the block's start as a device tensor (s_t), so the steps of every
         # block have one form and one graph serves the whole batch: captured once, not once per
-        # block (each capture and its warm-up cost ~10 steps on an H100). Without a cache and
-        # with the dual cache that holds until rows leave; the prefix cache's window shrinks
-        # block by block, so it still needs a graph per block.
+        # block (each capture and its warm-up cost ~10 steps on an H100), until rows leave. The
+        # same holds for a cached mode's block start (one full forward), which has a graph of
+        # its own. The prefix cache's window shrinks block by block, so its steps still need a
+        # graph per block.
         on_device = b.graphable
         s_t = torch.tensor(s, device=x.device) if on_device else None
-        key = (tuple(rows), s if st.cache == "prefix" else None)
+        key = tuple(rows)
         if key != self.key:
-            self.key, self.graph, self.cache = key, None, None
+            self.key, self.graph, self.start_graph, self.cache = key, None, None, None
+        if st.cache == "prefix":
+            self.graph = None
         if self.allowed is not None and s > self.P:
             # token healing constrains the first block only; later blocks allow every token, in
             # the same tensor (a graph reads it)
@@ -271,6 +275,21 @@ class _Run:
             chosen, x0 = self._commit(logits, cand, gens, k, self.allowed)
             return torch.where(chosen, x0, xb)
 
+        def start(xf: torch.Tensor, s_t: torch.Tensor | None, live_t: torch.Tensor,
+                  *k: torch.Tensor) -> torch.Tensor:
+            """A cached mode's block start: one full pass (also this step's prediction) refreshes
+            the cache; the output head runs on the block's positions only. As the graph holds
+            it: the new block tokens, or only the logits."""
+            logits = b.forward(xf, attention_mask=am, position_ids=positions if padded else None,
+                               start_pos=0, cache=self.cache, update_cache=True,
+                               **({"logits_at": s_t + torch.arange(BL, device=xf.device)}
+                                  if on_device else {"logits_range": (s, e)}))
+            if not whole:
+                return logits
+            xb = xf.index_select(1, s_t + torch.arange(BL, device=xf.device)) if on_device \
+                else xf[:, s:e]
+            return commit(logits, xb, live_t, k[0] if k else None)
+
         def step(win: torch.Tensor, s_t: torch.Tensor, live_t: torch.Tensor,
                  *k: torch.Tensor) -> torch.Tensor:
             """A steady step as the graph holds it: the new block tokens, or only the logits."""
@@ -281,16 +300,39 @@ class _Run:
                 win.index_select(1, s_t + torch.arange(BL, device=win.device))
             return commit(logits, xb, live_t, k[0] if k else None)
 
-        def inputs(j: int) -> tuple[torch.Tensor, ...]:
-            """What step j's replay reads: the window, the block start, the live rows, its
-            commit count."""
+        def inputs(j: int, window: bool = True) -> tuple[torch.Tensor, ...]:
+            """What step j's replay reads: the window (the whole sequence at a block start), the
+            block start, the live rows, its commit count."""
             k = () if k_sched is None else (k_sched[:, j],)
-            return (x[:, lo:hi], s_t, live_t, *k)
+            return (x[:, lo:hi] if window else x, s_t, live_t, *k)
 
-        # a replayed step launched ahead: once a step's tokens are on the host, the next step's
-        # graph is replayed at once, so the GPU runs it while the host does this step's
-        # bookkeeping (which is otherwise GPU idle time, ~1 ms a step at batch 64 on an H100)
+        def replay(which: str, j: int) -> torch.Tensor:
+            """Step j through its graph, captured at its first use."""
+            g = self.start_graph if which == "start" else self.graph
+            if g is not None:
+                return g(*inputs(j, which != "start"))
+            # what the graph reads without owning it (the cache, the masks, the positions) is
+            # held by this run for as long as the graph is replayed; the graph does not hold
+            # it, since the last graph outlives the run (_GraphMemory) and would keep a cache
+            # of the whole batch alive
+            out, g = _BlockGraph.warm_and_capture(start if which == "start" else step,
+                                                  inputs(j, which != "start"))
+            if which == "start":
+                self.start_graph = g
+            else:
+                self.graph = g
+            return out
+
+        # the next step launched ahead: with the whole step graphed, step i + 1's replay is
+        # queued right behind step i's copy to the host, before the host has looked at step i,
+        # so the GPU never waits for the host's bookkeeping (~1 ms a step at batch 64 on an
+        # H100 before session 4) nor for the round trip of the copy. If the block turns out to be
+        # decided after step i, that step is wasted (once per block); rows that step i finished
+        # get their tokens back (below). Its cache writes are of the block's own slots, which
+        # the next block start rewrites before anything reads them.
         ahead = None
+        pinned = torch.empty(x.shape[0], BL, dtype=x.dtype, pin_memory=x.is_cuda) \
+            if graphs and whole else None
         full = [self.real[r] for r in rows]   # tokens a full forward runs, per row
         for i in range(n_steps):
             has = live & (blk_host == mask_id).any(axis=1)  # rows this step works for
@@ -301,34 +343,34 @@ class _Run:
             if ahead is not None:
                 new_blk, ahead = ahead, None
             elif i == 0 and st.cache != "none":
-                # block start: one full pass (also this step's prediction) refreshes the cache;
-                # the output head runs on the block's positions only
                 if self.cache is None:
                     self.cache = b.new_cache(x.shape[0], x.shape[1])
-                logits = b.forward(x, attention_mask=am,
-                                   position_ids=positions if padded else None,
-                                   start_pos=0, cache=self.cache, update_cache=True,
-                                   **({"logits_at": s_t + torch.arange(BL, device=x.device)}
-                                      if on_device else {"logits_range": (s, e)}))
+                # the block start rewrites the whole cache; a replay does not run the model's
+                # Python, so the cache's (host-side) valid length is set here
+                out = replay("start", 0) if graphs else start(x, s_t, live_t, *inputs(0)[3:])
+                self.cache.length = x.shape[1]
                 if st.cache == "prefix":
                     self.cache.truncate(s)
-                new_blk = commit(logits, x[:, s:e], live_t, k_i)
+                new_blk = out if whole else commit(out, x[:, s:e], live_t, k_i)
             elif not graphs or (i == 0 and self.graph is None):
                 new_blk = commit(steady(x[:, lo:hi], s_t), x[:, s:e], live_t, k_i)
             else:
                 # one shape, one cache, for the rest of the batch (prefix: of the block)
-                if self.graph is None:
-                    out, self.graph = _BlockGraph.warm_and_capture(step, inputs(i))
-                    # what the graph reads but does not own stays alive with it
-                    self.graph.keep = (am, positions, self.cache, self.allowed, self.eos)
-                else:
-                    out = self.graph(*inputs(i))
+                out = replay("step", i)
                 new_blk = out if whole else commit(out, x[:, s:e], live_t, k_i)
             x[:, s:e] = new_blk
-            new_host = _host(new_blk)  # the step's one sync
-            if self.graph is not None and whole and i + 1 < n_steps \
-                    and (live & (new_host == mask_id).any(axis=1)).any():
-                ahead = self.graph(*inputs(i + 1))
+            if pinned is not None and i + 1 < n_steps:
+                # the step's one sync, with the next step already queued behind it (see ahead)
+                pinned.copy_(new_blk, non_blocking=x.is_cuda)
+                copied = torch.cuda.Event() if x.is_cuda else None
+                if copied is not None:
+                    copied.record()
+                ahead = replay("step", i + 1)
+                if copied is not None:
+                    copied.synchronize()
+                new_host = pinned.numpy().copy()
+            else:
+                new_host = _host(new_blk)  # the step's one sync
             act = np.flatnonzero(has)
             orig = rows_np[act]
             self.nfe[orig] += 1
@@ -416,8 +458,11 @@ class _GraphMemory:
     after five configurations of 128 prompts). Sharing one pool lets each capture reuse what the
     previous graphs freed. But the allocator asserts (`use_count > 0`, torch 2.11, also seen on
     the H100) when a capture joins a shared pool whose graphs are all gone, so the last graph is
-    kept alive until the next capture has joined the pool. Graphs sharing a pool must be
-    replayed in capture order: a block's graph is never replayed after the next capture. One
+    kept alive until the next capture has joined the pool. Graphs sharing a pool may place
+    their outputs in memory another graph of the pool uses for its temporaries, so a graph's
+    output is good only until another graph of the pool is replayed: a batch alternates its
+    block-start graph and its step graph, and copies each output out before the next replay;
+    graphs of an earlier batch are never replayed again. One
     stream for every warm-up and capture keeps the warm-ups' eager memory in one stream's cache
     instead of stranding it in the cache of a new stream per block."""
 
@@ -440,11 +485,10 @@ def _graph_memory() -> _GraphMemory:
 
 
 class _BlockGraph:
-    """A CUDA graph of the steady step: captured at the first step that can be replayed (a
-    block's second), replayed for the rest of the batch (prefix cache: of the block). Inputs
-    are copied into the captured input tensors; the output tensor is the graph's own and is
-    overwritten by the next replay (the sampler copies it out at once). `keep` holds the
-    tensors the graph reads without owning them.
+    """A CUDA graph of one form of step: the steady step (captured at its first use, replayed
+    for the rest of the batch; prefix cache: of the block) or a cached mode's block start.
+    Inputs are copied into the captured input tensors; the output tensor is the graph's own and
+    is overwritten by the next replay (the sampler copies it out at once).
 
     The capture calls CUDAGraph.capture_begin/end itself rather than `torch.cuda.graph`, whose
     entry empties the allocator's cache: once per block, that would hand every cached block of
@@ -452,7 +496,6 @@ class _BlockGraph:
 
     def __init__(self, fn, inputs: tuple[torch.Tensor, ...], mem: _GraphMemory):
         self.inputs = tuple(t.clone() for t in inputs)  # on the stream that replays the graph
-        self.keep: tuple = ()
         self.graph = torch.cuda.CUDAGraph()
         mem.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(mem.stream):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,13 @@ def make_task(test: str = "assert f(2) == 4", timeout: float = 2.0, n: int = 1):
                         reference="def f(x):\n    return 2 * x\n", test=test)
                 for i in range(n)]
     return Task(spec, problems, DatasetId("toy", "1", "0" * 64, "toy"))
+
+
+def run_triton_interpreted(script: str) -> None:
+    """Run `script` in a fresh Python under Triton's CPU interpreter (TRITON_INTERPRET is read at
+    import time, hence the subprocess); it must print "ok"."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

@@ -4,16 +4,12 @@ the GPU check is bench/rope_backward.py's `kernel` variant)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from codediff import rope_kernel as rk
 from codediff.model import apply_rope, rope_cos_sin
+from tests.conftest import run_triton_interpreted
 
 B, S, H, HKV, HD = 2, 40, 3, 1, 16  # S not a multiple of the kernel's 32-row tile; GQA
 NH = H + 2 * HKV
@@ -74,8 +70,4 @@ rk._reference(x.view(B, S, NH, HD).transpose(1, 2), cos, sin, H + HKV, 1.0).back
 assert torch.allclose(dqkv, x.grad, atol=1e-6), (dqkv - x.grad).abs().max()
 print("ok")
 """
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+    run_triton_interpreted(script)

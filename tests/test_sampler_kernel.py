@@ -4,16 +4,12 @@ also under Triton's CPU interpreter where triton is installed (CUDA builds of to
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from codediff import sampler_kernel as sk
 from codediff import samplers
+from tests.conftest import run_triton_interpreted
 
 
 def hard_logits(B: int, L: int, V: int, device: str) -> torch.Tensor:
@@ -74,11 +70,7 @@ for V in (320, 8192 + 37):
     torch.testing.assert_close(conf.view(2, 3), want_conf, rtol=1e-13, atol=0)
 print("ok")
 """
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+    run_triton_interpreted(script)
 
 
 def test_the_plain_path_is_kept_off_the_gpu():
