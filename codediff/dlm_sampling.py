@@ -268,8 +268,8 @@ class _Run:
                    k: torch.Tensor | None) -> torch.Tensor:
             """The block's tokens after this step's commits."""
             if self.healing is not None and self.allowed is None:
-                # the answer's first token must extend the healed prompt text (block 0's first
-                # step builds the constraint; it is never graphed)
+                # the answer's first token must extend the healed prompt text (built at block
+                # 0's first step, by its eager run: a capture's warm-up when graphed)
                 self.allowed = self.healing.mask(logits.shape[-1], logits.device)[rows]
             cand = (xb == mask_id) & live_t.unsqueeze(1)
             chosen, x0 = self._commit(logits, cand, gens, k, self.allowed)
@@ -328,8 +328,9 @@ class _Run:
         # so the GPU never waits for the host's bookkeeping (~1 ms a step at batch 64 on an
         # H100 before session 4) nor for the round trip of the copy. If the block turns out to be
         # decided after step i, that step is wasted (once per block); rows that step i finished
-        # get their tokens back (below). Its cache writes are of the block's own slots, which
-        # the next block start rewrites before anything reads them.
+        # get their tokens back (below). Its cache writes (the block's slots; with the prefix
+        # cache, the block and what follows) are rewritten by the next block start before
+        # anything reads them.
         ahead = None
         pinned = torch.empty(x.shape[0], BL, dtype=x.dtype, pin_memory=x.is_cuda) \
             if graphs and whole else None

@@ -343,24 +343,32 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
     # CUDA graphs cannot run here: a stand-in "graph" calls the captured step function again on
     # each replay. This checks what the sampler does around the graph (which step it captures,
     # with which inputs, and the bookkeeping of the replayed steps); the capture itself replays
-    # the same kernels on a GPU.
-    captured, outputs = [], set()
+    # the same kernels on a GPU. Like a real graph, the stand-in writes every replay into one
+    # output tensor of its own, and a replay spoils the outputs of the other graphs (they share
+    # a memory pool): a step's output used after the next replay would show.
+    captured, outputs, pool = [], set(), []
 
     class EagerGraph:
-        def __init__(self, fn, inputs):
+        def __init__(self, fn, inputs, out):
             self.fn, self.inputs = fn, tuple(t.clone() for t in inputs)
+            self.out = torch.empty_like(out)
             captured.append(tuple(inputs[0].shape))
+            pool.append(self)
 
         @classmethod
         def warm_and_capture(cls, fn, inputs):
             out = fn(*inputs)
             outputs.add(out.dtype)
-            return out, cls(fn, inputs)
+            return out, cls(fn, inputs, out)
 
         def __call__(self, *inputs):
             for dst, src in zip(self.inputs, inputs, strict=True):
                 dst.copy_(src)
-            return self.fn(*self.inputs)
+            for g in pool:
+                if g is not self:
+                    g.out.fill_(float("nan") if g.out.is_floating_point() else 7)
+            self.out.copy_(self.fn(*self.inputs))
+            return self.out
 
     b = backend_for(tok, "mdm")
     b.eos_ids = [5]
