@@ -6,9 +6,9 @@
 # returns at most 8 files, and a call that runs out of time keeps what is already there.
 #   carry: .whl (scripts/device_wheels.sh), corpora/codechoice.jsonl and corpora/gen-8m, built with
 #   codediff corpus --source stdlib --source site-packages -U 8M --val-tokens 200k --out corpora/gen-8m
-#   STAGES: which settings, in order; each is b<batch>[g][L<gen length>] (g: with CUDA graphs;
-#   gen length 256 unless given). The models are trained once: a later call on the same warm
-#   machine reuses runs/ (training is resumable, so a finished run returns at once).
+#   STAGES: which settings, in order; each is b<batch>[g] (g: with CUDA graphs). The models are
+#   trained once: a later call on the same warm machine reuses runs/ (training is resumable, so a
+#   finished run returns at once).
 set -uo pipefail
 OUT=${OUT:-out}
 AR_TOKENS=${AR_TOKENS:-30M}
@@ -26,17 +26,14 @@ train ar "$AR_TOKENS" & train mdm "$MDM_TOKENS" & wait
 tail -n 1 runs/train-ar.log runs/train-mdm.log
 echo "trained in $(( $(date +%s) - t0 )) s"; tail -n 1 runs/ar/metrics.jsonl runs/mdm/metrics.jsonl
 for stage in $STAGES; do
-  [[ $stage =~ ^b([0-9]+)(g?)(L([0-9]+))?$ ]] || { echo "bad stage $stage"; exit 2; }
+  [[ $stage =~ ^b([0-9]+)(g?)$ ]] || { echo "bad stage $stage"; exit 2; }
   batch=${BASH_REMATCH[1]}; graphs=(--no-cuda-graphs); [ -n "${BASH_REMATCH[2]}" ] && graphs=()
-  gen=${BASH_REMATCH[4]:-256}
   case $batch in 1) limit=${B1_LIMIT:-8} secs=${B1_SECONDS:-100};;
                  64|128) limit=128 secs=90;; *) limit=64 secs=90;; esac
-  [ "$gen" -gt 256 ] && secs=$(( secs * gen / 256 ))
   name=gen-$stage
   rm -rf "$name"; mkdir -p "$name"  # never resume a stage: its timings would be partial
   timeout "$secs" python3 bench/generate_throughput.py --ar runs/ar --mdm runs/mdm \
     --only $CONFIGS --extra-taus 0.7 --limit "$limit" --batch-size "$batch" "${graphs[@]}" \
-    --gen-length "$gen" \
     --out "$name" > "$name/log" 2>&1 || echo "$name: stopped (exit $?)"
   tail -n 9 "$name/log"
   tar czf "$OUT/$name.tgz" "$name"
@@ -45,13 +42,9 @@ done
 # graphed samples = eager samples? (each graphed stage against the eager one at its batch size)
 python3 - <<'PY' | tee runs/graphs-vs-eager.txt
 import json
-import re
 from pathlib import Path
-for b in sorted(Path(".").glob("gen-b*")):
-    m = re.fullmatch(r"gen-b(\d+)g(L\d+)?", b.name)
-    if not m:
-        continue
-    a = Path(f"gen-b{m[1]}{m[2] or ''}")
+for b in sorted(Path(".").glob("gen-b*g")):
+    a = Path(str(b)[:-1])
     for f in sorted(b.glob("dlm_*.jsonl")):
         if (a / f.name).exists():
             ra = {r["task_id"]: r["completion"] for r in map(json.loads, (a / f.name).open())}

@@ -216,14 +216,14 @@ class _Run:
         # deterministic; with sampling noise only the forward (the per-row generators stay
         # outside the graph, so graphed and eager samples stay the same)
         whole = st.temperature == 0 and st.rule.score != "random"
-        # a native model takes the block's start as a device tensor (s_t), so the steps of every
+        # a native model takes the block's positions as a device tensor (blk), so the steps of every
         # block have one form and one graph serves the whole batch: captured once, not once per
         # block (each capture and its warm-up cost ~10 steps on an H100), until rows leave. The
         # same holds for a cached mode's block start (one full forward), which has a graph of
         # its own. The prefix cache's window shrinks block by block, so its steps still need a
         # graph per block.
         on_device = b.graphable
-        s_t = torch.tensor(s, device=x.device) if on_device else None
+        blk = torch.arange(s, e, device=x.device) if on_device else None
         key = tuple(rows)
         if key != self.key:
             self.key, self.graph, self.start_graph, self.cache = key, None, None, None
@@ -242,22 +242,24 @@ class _Run:
         lo, hi = (0, x.shape[1]) if st.cache == "none" else (s, x.shape[1]) \
             if st.cache == "prefix" else (s, e)
 
-        def steady(inp: torch.Tensor, s_t: torch.Tensor | None) -> torch.Tensor:
+        def of_block(t: torch.Tensor, blk: torch.Tensor | None) -> torch.Tensor:
+            """The block's columns of `t`, a [B, whole sequence] tensor."""
+            return t.index_select(1, blk) if blk is not None else t[:, s:e]
+
+        def steady(inp: torch.Tensor, blk: torch.Tensor | None) -> torch.Tensor:
             """The forward of such a step: logits for the block's positions [B, e - s, V]."""
             cache = self.cache
             if st.cache == "none":
                 pos = positions if padded else None
                 if on_device:
-                    return b.forward(inp, attention_mask=am, position_ids=pos,
-                                     logits_at=s_t + torch.arange(BL, device=inp.device))
+                    return b.forward(inp, attention_mask=am, position_ids=pos, logits_at=blk)
                 return b.forward(inp, attention_mask=am, position_ids=pos, logits_range=(s, e))
             # the fresh keys/values are written into the cache in place (update_cache) rather
             # than concatenated with it, which copied the whole cache every step; same result:
             # each step rewrites the slots it reads fresh, and a block start rebuilds the cache
             if st.cache == "dual" and on_device:
-                slots = s_t + torch.arange(BL, device=inp.device)
-                pos = positions.index_select(1, slots) if padded else None
-                return b.forward(inp, attention_mask=am, position_ids=pos, start_pos=s_t,
+                pos = positions.index_select(1, blk) if padded else None
+                return b.forward(inp, attention_mask=am, position_ids=pos, start_pos=blk[0],
                                  cache=cache, update_cache=True)
             pos = positions[:, lo:hi] if padded else None
             return b.forward(inp, attention_mask=am, position_ids=pos, start_pos=s, cache=cache,
@@ -275,36 +277,34 @@ class _Run:
             chosen, x0 = self._commit(logits, cand, gens, k, self.allowed)
             return torch.where(chosen, x0, xb)
 
-        def start(xf: torch.Tensor, s_t: torch.Tensor | None, live_t: torch.Tensor,
+        def start(xf: torch.Tensor, blk: torch.Tensor | None, live_t: torch.Tensor,
                   *k: torch.Tensor) -> torch.Tensor:
             """A cached mode's block start: one full pass (also this step's prediction) refreshes
             the cache; the output head runs on the block's positions only. As the graph holds
             it: the new block tokens, or only the logits."""
             logits = b.forward(xf, attention_mask=am, position_ids=positions if padded else None,
                                start_pos=0, cache=self.cache, update_cache=True,
-                               **({"logits_at": s_t + torch.arange(BL, device=xf.device)}
-                                  if on_device else {"logits_range": (s, e)}))
+                               **({"logits_at": blk} if on_device
+                                  else {"logits_range": (s, e)}))
             if not whole:
                 return logits
-            xb = xf.index_select(1, s_t + torch.arange(BL, device=xf.device)) if on_device \
-                else xf[:, s:e]
-            return commit(logits, xb, live_t, k[0] if k else None)
+            return commit(logits, of_block(xf, blk), live_t, k[0] if k else None)
 
-        def step(win: torch.Tensor, s_t: torch.Tensor, live_t: torch.Tensor,
+        def step(win: torch.Tensor, blk: torch.Tensor | None, live_t: torch.Tensor,
                  *k: torch.Tensor) -> torch.Tensor:
             """A steady step as the graph holds it: the new block tokens, or only the logits."""
-            logits = steady(win, s_t)
+            logits = steady(win, blk)
             if not whole:
                 return logits
-            xb = win if st.cache == "dual" else win[:, :BL] if st.cache == "prefix" else \
-                win.index_select(1, s_t + torch.arange(BL, device=win.device))
+            # a cached window starts at the block: its first columns, the same in every block
+            xb = of_block(win, blk) if st.cache == "none" else win[:, :BL]
             return commit(logits, xb, live_t, k[0] if k else None)
 
         def inputs(j: int, window: bool = True) -> tuple[torch.Tensor, ...]:
-            """What step j's replay reads: the window (the whole sequence at a block start), the
-            block start, the live rows, its commit count."""
+            """What step j reads: the window (the whole sequence at a block start), the block's
+            positions, the live rows, its commit count."""
             k = () if k_sched is None else (k_sched[:, j],)
-            return (x[:, lo:hi] if window else x, s_t, live_t, *k)
+            return (x[:, lo:hi] if window else x, blk, live_t, *k)
 
         def replay(which: str, j: int) -> torch.Tensor:
             """Step j through its graph, captured at its first use."""
@@ -343,21 +343,21 @@ class _Run:
             n_query = full if st.cache == "none" or i == 0 else [hi - lo] * len(rows)
             if ahead is not None:
                 new_blk, ahead = ahead, None
-            elif i == 0 and st.cache != "none":
-                if self.cache is None:
-                    self.cache = b.new_cache(x.shape[0], x.shape[1])
-                # the block start rewrites the whole cache; a replay does not run the model's
-                # Python, so the cache's (host-side) valid length is set here
-                out = replay("start", 0) if graphs else start(x, s_t, live_t, *inputs(0)[3:])
-                self.cache.length = x.shape[1]
-                if st.cache == "prefix":
-                    self.cache.truncate(s)
-                new_blk = out if whole else commit(out, x[:, s:e], live_t, k_i)
-            elif not graphs or (i == 0 and self.graph is None):
-                new_blk = commit(steady(x[:, lo:hi], s_t), x[:, s:e], live_t, k_i)
             else:
-                # one shape, one cache, for the rest of the batch (prefix: of the block)
-                out = replay("step", i)
+                if i == 0 and st.cache != "none":
+                    if self.cache is None:
+                        self.cache = b.new_cache(x.shape[0], x.shape[1])
+                    # the block start rewrites the whole cache; a replay does not run the
+                    # model's Python, so the cache's (host-side) valid length is set here
+                    out = replay("start", 0) if graphs else start(*inputs(0, window=False))
+                    self.cache.length = x.shape[1]
+                    if st.cache == "prefix":
+                        self.cache.truncate(s)
+                elif graphs and (i > 0 or self.graph is not None):
+                    # one shape, one cache, for the rest of the batch (prefix: of the block)
+                    out = replay("step", i)
+                else:
+                    out = step(*inputs(i))
                 new_blk = out if whole else commit(out, x[:, s:e], live_t, k_i)
             x[:, s:e] = new_blk
             if pinned is not None and i + 1 < n_steps:

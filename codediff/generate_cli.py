@@ -75,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="decode every block even after the answer has ended")
     dlm.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                      help="native models on a GPU: capture the repeated diffusion step in a "
-                     "CUDA graph once per batch and replay it (same samples; on by default; "
-                     "1.1-3.9x faster than eager on an H100, docs/benchmarks.md)")
+                     "CUDA graph once per batch and replay it (same samples, faster; on by "
+                     "default; docs/benchmarks.md)")
 
     model = parser.add_argument_group("model loading")
     model.add_argument("--backend", default="auto", choices=("auto", "native", "hf", "vllm"))
