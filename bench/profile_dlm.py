@@ -48,13 +48,13 @@ def main() -> int:
     args = p.parse_args()
 
     import torch
+    from codediff.harness.tasks import load_task
     from torch.profiler import ProfilerActivity, profile
 
     from codediff import dlm_sampling
     from codediff.backends import load_backend, native_backend
     from codediff.dlm_sampling import DLMSettings, generate_dlm
     from codediff.samplers import CommitRule
-    from harness.tasks import load_task
 
     dev = torch.device(args.device)
 

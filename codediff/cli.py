@@ -21,11 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("codediff.export", "export an mdm checkpoint in the LLaDA convention"),
     "score": ("codediff.codechoice_score", "rank code-choice options by a checkpoint's "
               "likelihood"),
-    "evaluate": ("harness.evaluate", "judge samples by running their tests in a sandbox"),
-    "tasks": ("harness.tasks_cli", "list the benchmark tasks and where their data comes from"),
-    "codechoice": ("harness.codechoice_cli", "build the 4-way code-choice set (reference vs "
+    "evaluate": ("codediff.harness.evaluate", "judge samples by running their tests in a sandbox"),
+    "tasks": ("codediff.harness.tasks_cli", "list the benchmark tasks and where their data comes from"),
+    "codechoice": ("codediff.harness.codechoice_cli", "build the 4-way code-choice set (reference vs "
                    "failing mutants)"),
-    "report": ("reports.cli", "render HTML reports and leaderboards from result dirs"),
+    "report": ("codediff.reports.cli", "render HTML reports and leaderboards from result dirs"),
 }
 
 

@@ -36,8 +36,8 @@ import torch
 
 from codediff.ar_sampling import Sample, StopWatcher, finish, heal_prompts, left_pad, share_rest
 from codediff.samplers import CommitRule, propose, select, transfer_schedule
+from codediff.sampling import CACHES
 
-CACHES = ("none", "prefix", "dual")
 SUPPRESSED = -1e9  # score of a suppressed proposal: below every real score, above "not a candidate"
 
 

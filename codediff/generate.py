@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,7 @@ def validate(cfg: GenerateConfig) -> None:
         raise UserError("--top-k must be >= 0 (0 = off)")
     if cfg.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be >= 1")
-    from codediff.samplers import SAMPLERS
+    from codediff.sampling import CACHES, SAMPLERS
 
     if cfg.sampler not in SAMPLERS:
         raise UserError(f"--sampler {cfg.sampler}: choose one of {', '.join(SAMPLERS)}")
@@ -183,7 +183,7 @@ def validate(cfg: GenerateConfig) -> None:
     if SAMPLERS[cfg.sampler][1] == "schedule" and (steps < blocks or steps % blocks):
         raise UserError(f"--steps {steps} must be a positive multiple of the number of blocks "
                         f"({blocks} = gen-length / block-length)")
-    if cfg.cache not in ("none", "prefix", "dual"):
+    if cfg.cache not in CACHES:
         raise UserError("--cache must be none, prefix or dual")
     out = Path(cfg.out)
     if out.parent.exists() and not out.parent.is_dir():
@@ -219,7 +219,7 @@ def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
 def run_generate(cfg: GenerateConfig) -> Path:
     """Generate (or finish generating) cfg.out; returns its path."""
     validate(cfg)
-    from harness.tasks import load_task
+    from codediff.harness.tasks import load_task
 
     task = load_task(cfg.task, cfg.data)
     fmt = task.format(cfg.prompt_format)
@@ -471,6 +471,3 @@ def _barrier(world: int) -> None:
         dist.init_process_group(backend="gloo")
     dist.barrier()
 
-
-def config_dict(cfg: GenerateConfig) -> dict[str, Any]:
-    return asdict(cfg)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-SAMPLER_NAMES = ("low_confidence", "random", "margin", "entropy", "threshold", "factor",
-                 "entropy_bounded")
+from codediff.sampling import CACHES, SAMPLERS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="recompute the whole sequence each step (for checking the cache)")
 
     dlm = parser.add_argument_group("diffusion models")
-    dlm.add_argument("--sampler", default="low_confidence", choices=SAMPLER_NAMES,
+    dlm.add_argument("--sampler", default="low_confidence", choices=tuple(SAMPLERS),
                      help="which masked positions to commit at each step")
     dlm.add_argument("--tau", type=float, default=0.9, help="threshold sampler: confidence bar")
     dlm.add_argument("--factor", type=float, default=1.0, help="factor sampler: f")
@@ -65,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dlm.add_argument("--steps", type=int, default=None,
                      help="denoising steps for the fixed-schedule samplers (default: gen-length, "
                           "one token per step)")
-    dlm.add_argument("--cache", default="none", choices=("none", "prefix", "dual"),
+    dlm.add_argument("--cache", default="none", choices=CACHES,
                      help="KV cache: prefix (Fast-dLLM) or dual (prefix + suffix)")
     dlm.add_argument("--logits-eos-inf", action="store_true",
                      help="never propose end-of-text (LLaDA's evaluation option)")

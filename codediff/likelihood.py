@@ -64,16 +64,6 @@ def ar_exact(model, context: list[int], continuations: list[list[int]], *, max_l
     return out
 
 
-def _padded(seqs: list[list[int]], pad_id: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    x = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    am = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for r, s in enumerate(seqs):
-        x[r, :len(s)] = torch.tensor(s)
-        am[r, :len(s)] = True
-    return x.to(dev), am.to(dev)
-
-
 def _as_float(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype == torch.float64 else logits.float()
 

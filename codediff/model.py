@@ -89,7 +89,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # ~16.9M parameters with an 8K vocab (the small-scale calibration model of REFERENCE.md)
+    # ~16.9M parameters with an 8K vocab (the paper's small-scale calibration model)
     "tiny": ModelConfig(vocab_size=8192, n_layer=6, n_head=6, d_model=384, max_seq_len=256),
     # ~135M parameters with a 32K vocab (GPT-2-small shape)
     "small": ModelConfig(vocab_size=32768, n_layer=12, n_head=12, d_model=768, max_seq_len=1024),

@@ -30,17 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from codediff import sampler_kernel
-
-# name -> (score, commit rule)
-SAMPLERS: dict[str, tuple[str, str]] = {
-    "low_confidence": ("prob", "schedule"),
-    "random": ("random", "schedule"),
-    "margin": ("margin", "schedule"),
-    "entropy": ("neg_entropy", "schedule"),
-    "threshold": ("prob", "threshold"),
-    "factor": ("prob", "factor"),
-    "entropy_bounded": ("prob", "entropy_bounded"),
-}
+from codediff.sampling import SAMPLERS  # noqa: F401 - name -> (score, commit rule)
 
 NEG_INF = float("-inf")
 

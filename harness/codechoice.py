@@ -2,7 +2,8 @@
 
 Small models trained on a few million tokens pass almost no HumanEval problem, so pass@k cannot
 show the crossover at that scale. Ranking four continuations of one prompt by likelihood can:
-REFERENCE.md's calibration measured 37-53% (chance 25%) on 17M-parameter models. Each row holds a
+a calibration run of the paper's small-scale recipe measured 37-53% (chance 25%) on
+17M-parameter models (docs/benchmarks.md). Each row holds a
 prompt, the reference continuation and three AST mutants of it (one operator, constant or
 boolean changed) that the sandbox proved to fail the task's tests, in a seeded order.
 
@@ -20,9 +21,10 @@ import os
 import random
 from pathlib import Path
 
+from codediff.harness.judge import Job, Judge
+from codediff.harness.tasks import Problem, Task, load_task
+
 from codediff.fileio import atomic_write_text
-from harness.judge import Job, Judge
-from harness.tasks import Problem, Task, load_task
 
 SCHEMA = "codediff.codechoice/1"
 

@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.codechoice import build
-    from harness.tasks import get_spec
+    from codediff.harness.codechoice import build
+    from codediff.harness.tasks import get_spec
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for n in names:

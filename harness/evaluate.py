@@ -17,15 +17,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from codediff.harness import __version__ as HARNESS_VERSION
+from codediff.harness.judge import Job, Judge
+from codediff.harness.passk import pass_at_k, reportable_ks
+from codediff.harness.samples import Sample, read_samples
+from codediff.harness.sandbox import Limits
+from codediff.harness.sanitize import names_used, sanitize
+from codediff.harness.tasks import Task, available_tasks, file_sha256, load_task
+
 from codediff.errors import UserError
 from codediff.fileio import atomic_write_text
-from harness import __version__ as HARNESS_VERSION
-from harness.judge import Job, Judge
-from harness.passk import pass_at_k, reportable_ks
-from harness.samples import Sample, read_samples
-from harness.sandbox import Limits
-from harness.sanitize import names_used, sanitize
-from harness.tasks import Task, available_tasks, file_sha256, load_task
 
 RESULTS_SCHEMA = "codediff.results/1"
 STATUSES = ("passed", "failed", "error", "timeout", "oom", "crash", "syntax_error")

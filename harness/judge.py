@@ -19,10 +19,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from codediff.harness import __version__ as HARNESS_VERSION
+from codediff.harness.sandbox import Limits, Sandbox, check_sandbox
+from codediff.harness.tasks import Problem, Task, load_quirks
+
 from codediff.errors import UserError
-from harness import __version__ as HARNESS_VERSION
-from harness.sandbox import Limits, Sandbox, check_sandbox
-from harness.tasks import Problem, Task, load_quirks
 
 
 @dataclass

@@ -23,7 +23,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from pathlib import Path
 from codediff.errors import UserError
 
 ZYGOTE_SOURCE = (Path(__file__).with_name("_zygote.py")).read_text()
-_UID_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-_DEF_TYPES = {"function_definition", "class_definition", "decorated_definition"}
 _IMPORT_TYPES = {"import_statement", "import_from_statement", "future_import_statement"}
 
 

@@ -3,7 +3,7 @@
 A task is a list of problems plus the rules to turn a problem into a prompt (per prompt format),
 a sample into a program, and a program into a verdict (base tests, or differential testing against
 the canonical solution for the EvalPlus `+` tasks). Everything task-specific lives in `tasks/`;
-this module only knows the four loader kinds: `humaneval`, `mbpp`, `evalplus`.
+this module only knows the three loader kinds: `humaneval`, `mbpp`, `evalplus`.
 
 Data comes from, in order: an explicit `data` path (file or folder), the env var `CODEDIFF_DATA`
 (a folder laid out like `mbpp/mbpp.jsonl`, `evalplus/MbppPlus*.jsonl`), files shipped in packages
@@ -212,7 +212,7 @@ def load_quirks(spec: TaskSpec):
     """The task's quirks module (input deserialisers, special oracles), or None."""
     if not spec.quirks:
         return None
-    return importlib.import_module(f"tasks.quirks_{spec.quirks}")
+    return importlib.import_module(f"codediff.tasks.quirks_{spec.quirks}")
 
 
 def _data_root(data: str | os.PathLike | None) -> Path | None:

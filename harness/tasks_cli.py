@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from codediff.harness.tasks import available_tasks, load_task
+
 from codediff.errors import UserError
-from harness.tasks import available_tasks, load_task
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,8 +34,8 @@ def _split(spec: str) -> tuple[str | None, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reports.load import load_choice_scores, load_result, load_run
-    from reports.render import render_leaderboard, render_report, write_atomic
+    from codediff.reports.load import load_choice_scores, load_result, load_run
+    from codediff.reports.render import render_leaderboard, render_report, write_atomic
 
     if not args.results and not args.runs and not args.choices:
         raise UserError("nothing to report: pass --results DIR..., --runs DIR... or --choices")

@@ -6,12 +6,12 @@ import datetime as dt
 import os
 from pathlib import Path
 
+from codediff.reports.load import Result, Run
+from codediff.reports.svg import line_chart
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from codediff import __version__
 from codediff.fileio import atomic_write_text
-from reports.load import Result, Run
-from reports.svg import line_chart
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

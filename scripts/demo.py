@@ -41,8 +41,8 @@ def codediff(*args: str, env: dict | None = None, background: bool = False):
 
 
 def judge_showcase() -> None:
-    from harness.selfcheck import mixed_samples
-    from harness.tasks import load_task
+    from codediff.harness.selfcheck import mixed_samples
+    from codediff.harness.tasks import load_task
 
     rows = mixed_samples(load_task("humaneval").problems)
     samples = OUT / "judge-check.jsonl"

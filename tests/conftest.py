@@ -36,7 +36,7 @@ def make_task(test: str = "assert f(2) == 4", timeout: float = 2.0, n: int = 1):
     """A base-test task with `n` problems T/0..T/n-1, all asking for f(x) = 2x."""
     from dataclasses import replace
 
-    from harness.tasks import DatasetId, Problem, Task, get_spec
+    from codediff.harness.tasks import DatasetId, Problem, Task, get_spec
 
     spec = replace(get_spec("humaneval"), name="toy", timeout=timeout)
     problems = [Problem(task_id=f"T/{i}", prompt="def f(x):\n", entry_point="f",

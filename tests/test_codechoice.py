@@ -1,10 +1,11 @@
 import ast
 import json
 
+from codediff.harness.codechoice import SCHEMA, variants
+from codediff.harness.judge import Job, Judge
+from codediff.harness.tasks import load_task
+
 from codediff.cli import main
-from harness.codechoice import SCHEMA, variants
-from harness.judge import Job, Judge
-from harness.tasks import load_task
 
 
 def test_variants_differ_from_reference_only_by_one_mutation():
@@ -20,7 +21,7 @@ def test_variants_differ_from_reference_only_by_one_mutation():
 
 
 def test_build_keeps_only_mutants_that_fail(tmp_path, monkeypatch):
-    import harness.codechoice as cc
+    import codediff.harness.codechoice as cc
 
     real = cc.load_task
 

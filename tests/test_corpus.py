@@ -64,7 +64,7 @@ def _mbpp_row(task_id: int) -> dict | None:
 
 
 def _humaneval_reference(n: int = 0) -> str:
-    from harness.tasks import load_task
+    from codediff.harness.tasks import load_task
 
     return load_task("humaneval").problems[n].reference
 
@@ -485,7 +485,7 @@ def test_decontaminator_units():
 
 def test_every_reference_solution_would_be_caught():
     """Planted verbatim, each HumanEval / MBPP (all 974) / MBPP+ reference solution is found."""
-    from harness.tasks import contamination_texts, load_task
+    from codediff.harness.tasks import contamination_texts, load_task
 
     data = _data_dir()
     d = Decontaminator(contamination_texts(data))

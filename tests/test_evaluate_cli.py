@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from codediff.harness.tasks import load_task
 
 from codediff.cli import main
-from harness.tasks import load_task
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -673,7 +673,7 @@ def read_jsonl(p: Path) -> list[dict]:
              "--block-length", "8", "--cache", "dual", "--temperature", "0.8"]),
 ])
 def test_generate_command_writes_samples_and_sidecar(tok, tmp_path, objective, extra):
-    from harness.tasks import load_task
+    from codediff.harness.tasks import load_task
 
     run = save_native(tok, tmp_path, objective)
     out = tmp_path / "samples.jsonl"

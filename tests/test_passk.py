@@ -2,8 +2,7 @@ import random
 from math import comb
 
 import pytest
-
-from harness.passk import mean_pass_at_k, pass_at_k, reportable_ks
+from codediff.harness.passk import mean_pass_at_k, pass_at_k, reportable_ks
 
 
 def test_pass_at_k_equals_closed_form_on_random_cases():

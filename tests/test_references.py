@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from harness.evaluate import evaluate
-from harness.samples import read_samples
-from harness.tasks import load_task
+from codediff.harness.evaluate import evaluate
+from codediff.harness.samples import read_samples
+from codediff.harness.tasks import load_task
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from codediff.harness.evaluate import evaluate
+from codediff.harness.samples import read_samples
+from codediff.harness.tasks import load_task
 
 from codediff.cli import main
-from harness.evaluate import evaluate
-from harness.samples import read_samples
-from harness.tasks import load_task
 
 
 @pytest.fixture(scope="module")

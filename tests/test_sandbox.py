@@ -11,9 +11,9 @@ import textwrap
 import time
 
 import pytest
+from codediff.harness.judge import Job, Judge
+from codediff.harness.sandbox import Limits
 
-from harness.judge import Job, Judge
-from harness.sandbox import Limits
 from tests.conftest import make_task
 
 GOOD = "def f(x):\n    return 2 * x\n"

@@ -1,5 +1,5 @@
-from harness.sanitize import extract_fenced, sanitize
-from harness.tasks import load_task
+from codediff.harness.sanitize import extract_fenced, sanitize
+from codediff.harness.tasks import load_task
 
 PROMPT = 'from typing import List\n\n\ndef add(xs: List[int]) -> int:\n    """Sum."""\n'
 

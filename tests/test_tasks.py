@@ -1,9 +1,9 @@
 import json
 
 import pytest
+from codediff.harness.tasks import available_tasks, contamination_texts, file_sha256, load_task
 
 from codediff.errors import UserError
-from harness.tasks import available_tasks, contamination_texts, file_sha256, load_task
 
 
 def test_specs_declared():

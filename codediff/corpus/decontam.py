@@ -52,7 +52,7 @@ class DecontamConfig:
 
 def benchmark_texts(data_dir: str | None = None) -> tuple[list[tuple[str, str, str]], list[str]]:
     """(task, task_id, text) for every shipped task whose data is available, and all task names."""
-    from harness.tasks import available_tasks, contamination_texts
+    from codediff.harness.tasks import available_tasks, contamination_texts
 
     return list(contamination_texts(data_dir)), sorted(available_tasks())
 

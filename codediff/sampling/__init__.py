@@ -1,0 +1,22 @@
+"""Sampling: autoregressive decoding and parallel-decoding masked-diffusion samplers.
+
+This `__init__` is torch-free: it holds the names that command-line options, settings and docs
+share, so `codediff generate --help` lists them without loading torch. The tensor code lives in
+the modules beside it.
+"""
+
+from __future__ import annotations
+
+# DLM sampler name -> (score, commit rule); codediff/samplers.py implements each pair.
+SAMPLERS: dict[str, tuple[str, str]] = {
+    "low_confidence": ("prob", "schedule"),
+    "random": ("random", "schedule"),
+    "margin": ("margin", "schedule"),
+    "entropy": ("neg_entropy", "schedule"),
+    "threshold": ("prob", "threshold"),
+    "factor": ("prob", "factor"),
+    "entropy_bounded": ("prob", "entropy_bounded"),
+}
+
+# KV cache modes of DLM decoding: none, prefix (Fast-dLLM) or dual (prefix + suffix).
+CACHES: tuple[str, ...] = ("none", "prefix", "dual")
