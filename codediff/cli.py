@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "codechoice": ("codediff.harness.codechoice_cli", "build the 4-way code-choice set (reference vs "
                    "failing mutants)"),
     "report": ("codediff.reports.cli", "render HTML reports and leaderboards from result dirs"),
+    "leaderboard": ("codediff.reports.leaderboard", "a static leaderboard site from result dirs"),
 }
 
 

@@ -34,6 +34,7 @@ def _split(spec: str) -> tuple[str | None, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from codediff.reports.labels import make_unique
     from codediff.reports.load import load_choice_scores, load_result, load_run
     from codediff.reports.render import render_leaderboard, render_report, write_atomic
 
@@ -41,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("nothing to report: pass --results DIR..., --runs DIR... or --choices")
     if args.leaderboard and not args.results:
         raise UserError("--leaderboard needs --results DIR...")
-    results = [load_result(p, label) for label, p in map(_split, args.results)]
+    specs = list(map(_split, args.results))
+    results = [load_result(p, label) for label, p in specs]
+    make_unique(results, [label is not None for label, _ in specs])  # tables are keyed by label
     runs = [load_run(p, label) for label, p in map(_split, args.runs)]
-    choices = [row for p in args.choices for row in load_choice_scores(p)]
+    choices = [dict(row, _file=p) for p in args.choices for row in load_choice_scores(p)]
     notes = ""
     if args.notes:
         if not Path(args.notes).is_file():

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from codediff.reports.load import Result, Run
+from codediff.reports.rows import result_row
+from codediff.reports.stats import CI_METHOD, best_indices
 from codediff.reports.svg import line_chart
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -20,9 +22,21 @@ def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
                       autoescape=select_autoescape(["html"]), trim_blocks=True,
                       lstrip_blocks=True)
-    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}"
+    env.filters["pct"] = _pct
     env.filters["si"] = _si
+    env.filters["num"] = _num
+    env.globals["CI_METHOD"] = CI_METHOD
     return env
+
+
+def _pct(v, digits: int = 1) -> str:
+    """A fraction as a percentage with its sign; "–" when there is no value."""
+    return "–" if v is None or v == "" else f"{100 * v:.{digits}f}%"
+
+
+def _num(v) -> str:
+    """The sort key a cell carries in data-v: the underlying number, empty when missing."""
+    return "" if v is None or v == "" else repr(float(v))
 
 
 def _si(v) -> str:
@@ -35,29 +49,34 @@ def _si(v) -> str:
     return f"{v:.3g}"
 
 
-def _result_row(r: Result) -> dict:
-    pk = r.data["pass_at_k"]
-    sc = r.data["status_counts"]["all"]
-    return {
-        "label": r.label, "task": r.task, "path": r.path.name,
-        "dataset": r.data["dataset"], "n": r.data["n_per_task"],
-        "samples": r.data["samples"]["count"], "k": r.data["k"],
-        "base": pk.get("base", {}), "plus": pk.get("plus"),
-        "status": sc, "model": r.model, "sampler": r.sampler, "totals": r.totals,
-        "problems": r.data["problems_with_samples"], "problems_total": r.data["problems"],
-        "format": r.data.get("prompt_format", ""),
-    }
+def _union_ks(rows: list[dict]) -> list[int]:
+    return sorted({k for r in rows for k in r["k"]})
+
+
+def _mark_best(rows: list[dict], ks: list[int]) -> None:
+    """row["best"] = the pass@k columns ("base1", "plus1", ...) where the row is strictly best."""
+    for r in rows:
+        r["best"] = set()
+    for ph in ("base", "plus"):
+        for k in ks:
+            vals = [((r["pass"].get(ph) or {}).get(k) or {}).get("v") for r in rows]
+            for i in best_indices(vals):
+                rows[i]["best"].add(f"{ph}{k}")
 
 
 def _per_task_matrix(results: list[Result]) -> dict:
-    """task -> problem ids (rows) x results (columns) -> pass rate."""
+    """task -> problems (rows) x results (columns, by position) -> pass rate or None.
+
+    Keyed by column position, not label, so two results never share a column; a problem a
+    result has no samples for is None ("not evaluated"), not 0."""
     by_task: dict[str, dict] = {}
     for r in results:
         t = by_task.setdefault(r.task, {"columns": [], "rows": {}})
+        col = len(t["columns"])
         t["columns"].append(r.label)
         phase = "plus" if "plus" in r.data["pass_at_k"] else "base"
         for pid, v in r.data["per_task"].items():
-            t["rows"].setdefault(pid, {})[r.label] = v[phase] / v["n"] if v["n"] else None
+            t["rows"].setdefault(pid, {})[col] = v[phase] / v["n"] if v["n"] else None
     for t in by_task.values():
         t["rows"] = dict(sorted(t["rows"].items(), key=lambda kv: _id_key(kv[0])))
     return by_task
@@ -70,20 +89,63 @@ def _id_key(task_id: str):
 
 def _curves(runs: list[Run]) -> list[dict]:
     charts = []
-    val = [(r.label, [(m["tokens"], m["val_loss"]) for m in r.metrics
-                      if "val_loss" in m and "tokens" in m]) for r in runs]
-    if any(s for _, s in val):
-        charts.append({"title": "Validation loss (nats/token; AR: NLL, MDM: negative ELBO)",
-                       "svg": line_chart(val, x_label="total tokens", y_label="val loss",
-                                         log_x=True,
-                                         dashed={r.label for r in runs if r.objective == "ar"})})
-    train = [(r.label, [(m["tokens"], m["train_loss"]) for m in r.metrics
-                        if "train_loss" in m and "tokens" in m]) for r in runs]
-    if any(s for _, s in train):
-        charts.append({"title": "Training loss", "svg": line_chart(
-            train, x_label="total tokens", y_label="train loss", log_x=True,
-            dashed={r.label for r in runs if r.objective == "ar"})})
+    dashed = {r.label for r in runs if r.objective == "ar"}
+    for key, title, y_label in (
+            ("val_loss", "Validation loss (nats/token; AR: NLL, MDM: negative ELBO)", "val loss"),
+            ("train_loss", "Training loss", "train loss")):
+        series = [(r.label, [(m["tokens"], m[key]) for m in r.metrics
+                             if key in m and "tokens" in m]) for r in runs]
+        if any(s for _, s in series):
+            charts.append({"title": title, "svg": line_chart(
+                series, x_label="total tokens", y_label=y_label, log_x=True, dashed=dashed)})
     return charts
+
+
+def curve_facts(runs: list[Run]) -> list[str]:
+    """Sentences about the validation curves, computed from them (no claim the data lacks)."""
+    facts = []
+    for r in runs:
+        vals = [m for m in r.metrics if "val_loss" in m and "tokens" in m]
+        if not vals:
+            continue
+        best = min(vals, key=lambda m: m["val_loss"])
+        last = vals[-1]
+        s = f"{r.label}: lowest validation loss {best['val_loss']:.4f} at {_at(best)}"
+        if last is best:
+            s += ", its last point"
+        else:
+            change = last["val_loss"] - best["val_loss"]
+            s += f"; last point {last['val_loss']:.4f} ({change:+.4f} from the lowest)"
+        facts.append(s + ".")
+    cross = _crossing(runs)
+    if cross:
+        facts.append(cross)
+    return facts
+
+
+def _crossing(runs: list[Run]) -> str | None:
+    """Where two runs' validation curves swap order, at the token counts both measured."""
+    if len(runs) != 2:
+        return None
+    a, b = ({m["tokens"]: m for m in r.metrics if "val_loss" in m and "tokens" in m}
+            for r in runs)
+    swaps, prev = [], None
+    for t in sorted(set(a) & set(b)):
+        sign = (a[t]["val_loss"] > b[t]["val_loss"]) - (a[t]["val_loss"] < b[t]["val_loss"])
+        if prev and sign and sign != prev[1]:
+            swaps.append(f"{_at(a[prev[0]])} and {_at(a[t])}")
+        if sign:
+            prev = (t, sign)
+    if not swaps:
+        return None
+    lower = runs[0].label if prev[1] < 0 else runs[1].label
+    return (f"The two validation curves swap order between {'; between '.join(swaps)} "
+            f"(measured points on either side); at the last shared point {lower} is lower.")
+
+
+def _at(m: dict) -> str:
+    return (f"{m['epochs']:.3g} epochs" if m.get("epochs") is not None
+            else f"{_si(m['tokens'])} tokens")
 
 
 def _run_rows(runs: list[Run]) -> list[dict]:
@@ -101,42 +163,78 @@ def _run_rows(runs: list[Run]) -> list[dict]:
     return rows
 
 
+def choice_series_name(s: dict) -> str:
+    """The run a code-choice score belongs to: its `run`, the run folder of its model path, or
+    its objective (one run per objective in a bench/crossover.py file)."""
+    if s.get("run"):
+        return str(s["run"])
+    model = str(s.get("model") or "")
+    if model:
+        mp = Path(model)
+        return mp.parent.parent.name if mp.parent.name == "checkpoints" else mp.name
+    return str(s.get("objective", "?"))
+
+
+def _choice_groups(scores: list[dict]) -> dict[str, list[dict]]:
+    """One series per run. Scores from different files that name the same run stay apart."""
+    files: dict[str, set] = {}
+    for s in scores:
+        files.setdefault(choice_series_name(s), set()).add(s.get("_file", ""))
+    groups: dict[str, list[dict]] = {}
+    for s in scores:
+        name = choice_series_name(s)
+        if len(files[name]) > 1:
+            name = f"{name} ({Path(s.get('_file', '')).stem})"
+        groups.setdefault(name, []).append(s)
+    return groups
+
+
 def _choice_chart(scores: list[dict]) -> dict | None:
     if not scores:
         return None
-    series: dict[str, list[tuple[float, float]]] = {}
-    for s in scores:
-        series.setdefault(s.get("objective", "?"), []).append((s.get("tokens") or 0,
-                                                              s["accuracy"]))
+    groups = _choice_groups(scores)
+    lines = [(name, sorted((s.get("tokens") or 0, s["accuracy"], s.get("stderr"))
+                           for s in rows)) for name, rows in sorted(groups.items())]
     chance = scores[0].get("chance", 0.25)
-    xs = [x for pts in series.values() for x, _ in pts if x]
-    lines = [(k, sorted(v)) for k, v in sorted(series.items())]
+    xs = [s.get("tokens") for s in scores if s.get("tokens")]
     if xs:
         lines.append((f"chance {100 * chance:.0f}%", [(min(xs), chance), (max(xs), chance)]))
+    dashed = {name for name, rows in groups.items() if rows[0].get("objective") == "ar"}
+    rows = [dict(s, series=name) for name, g in groups.items() for s in g]
     return {"title": "Code choice: reference vs 3 failing mutants, ranked by likelihood",
             "svg": line_chart(lines, x_label="total tokens", y_label="accuracy", log_x=True,
-                              dashed={"ar"} | {name for name, _ in lines
-                                               if name.startswith("chance")}),
-            "rows": sorted(scores, key=lambda s: (s.get("objective", ""), s.get("tokens") or 0))}
+                              percent=True,
+                              dashed=dashed | {n for n, _ in lines if n.startswith("chance")}),
+            "rows": sorted(rows, key=lambda s: (s["series"], s.get("tokens") or 0))}
+
+
+def report_context(results: list[Result], runs: list[Run], title: str,
+                   choices: list[dict] | None = None, notes: str = "") -> dict:
+    rows = [result_row(r) for r in results]
+    ks = _union_ks(rows)
+    _mark_best(rows, ks)
+    return {"title": title, "results": rows, "ks": ks,
+            "has_plus": any("plus" in r["phases"] for r in rows),
+            "matrix": _per_task_matrix(results), "curves": _curves(runs),
+            "curve_facts": curve_facts(runs), "runs": _run_rows(runs),
+            "has_ar": any(r.objective == "ar" for r in runs),
+            "choice": _choice_chart(choices or []), "notes": notes,
+            "created": _now(), "version": __version__}
 
 
 def render_report(results: list[Result], runs: list[Run], title: str,
                   choices: list[dict] | None = None, notes: str = "") -> str:
-    ctx = {"title": title, "results": [_result_row(r) for r in results],
-           "matrix": _per_task_matrix(results), "curves": _curves(runs),
-           "runs": _run_rows(runs), "choice": _choice_chart(choices or []), "notes": notes,
-           "created": _now(), "version": __version__}
+    ctx = report_context(results, runs, title, choices, notes)
     return _env().get_template("report.html").render(**ctx)
 
 
 def render_leaderboard(results: list[Result], title: str) -> str:
-    boards: dict[str, list[dict]] = {}
-    for r in results:
-        boards.setdefault(r.task, []).append(_result_row(r))
-    for rows in boards.values():
-        rows.sort(key=lambda row: -((row["plus"] or row["base"]).get("pass@1", 0.0)))
-    return _env().get_template("leaderboard.html").render(
-        title=title, boards=dict(sorted(boards.items())), created=_now(), version=__version__)
+    """The single-page leaderboard of `codediff report --leaderboard` (the site of
+    `codediff leaderboard` renders the same board with links, files and the speed view)."""
+    from codediff.reports.leaderboard import board_context
+
+    ctx = board_context(results, [], title)
+    return _env().get_template("leaderboard.html").render(**ctx)
 
 
 def _now() -> str:
