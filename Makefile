@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	  (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap) >/dev/null 2>&1 || \
 	  echo "warning: could not install bubblewrap; install the 'bubblewrap' package by hand"; }
+	@command -v chromedriver >/dev/null 2>&1 || { echo "installing chromium (the browser test of the HTML reports)"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || \
+	  echo "warning: could not install chromium; tests/test_browser.py will skip (install 'chromium' and 'chromium-driver' by hand)"; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -30,7 +34,7 @@ lint: install
 	$(BIN)/ruff check .
 
 demo: install
-	$(BIN)/python scripts/demo.py
+	$(BIN)/codediff demo
 
 bench: install
 	$(BIN)/python bench/harness_throughput.py

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "failing mutants)"),
     "report": ("codediff.reports.cli", "render HTML reports and leaderboards from result dirs"),
     "leaderboard": ("codediff.reports.leaderboard", "a static leaderboard site from result dirs"),
+    "demo": ("codediff.demo", "the whole pipeline on a CPU in minutes, ending in a leaderboard"),
 }
 
 

@@ -231,3 +231,17 @@ def test_the_site_copies_anywhere(res, tmp_path):
     for page in moved.rglob("*.html"):
         for href in re.findall(r'href="([^"#]+)"', page.read_text()):
             assert (page.parent / href).resolve().is_file(), (page, href)
+
+
+@pytest.mark.parametrize("command", ["leaderboard", "demo"])
+def test_new_commands_are_listed_and_their_help_is_torch_free(command):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom codediff.cli import main\n"
+            f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\nmain([])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--out" in r.stdout and f"  {command} " in r.stdout
