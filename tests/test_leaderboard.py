@@ -245,3 +245,25 @@ def test_new_commands_are_listed_and_their_help_is_torch_free(command):
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--out" in r.stdout and f"  {command} " in r.stdout
+
+
+def test_base_and_plus_side_by_side(tmp_path):
+    """A `+` task: the board ranks by plus pass@1 and shows base next to it, with intervals."""
+    from codediff.harness.evaluate import evaluate
+    from codediff.harness.samples import read_samples
+    from codediff.harness.tasks import load_task
+
+    task = load_task("mbpp+")
+    task.problems = task.problems[:4]  # a 4-problem task: judged in seconds
+    rows = [{"task_id": p.task_id, "solution": p.reference if i % 2 == 0 else "def f(): pass"}
+            for i, p in enumerate(task.problems)]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evaluate(task, read_samples(f, set(task.by_id()), task.name), out=tmp_path / "r",
+             samples_path=f, ks=[1])
+    out = _site(tmp_path, tmp_path / "r")
+    html = (out / "index.html").read_text()
+    assert "<th>plus pass@1</th><th>base pass@1</th>" in html
+    (row,) = json.loads((out / "leaderboard.json").read_text())["rows"]
+    assert row["plus_pass@1"] == row["base_pass@1"] == 0.5 and row["rank"] == 1
+    assert row["plus_pass@1_ci95_lo"] < 0.5 < row["plus_pass@1_ci95_hi"]
