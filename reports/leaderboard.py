@@ -64,6 +64,7 @@ def _split(spec: str) -> tuple[str | None, str]:
 def collect(specs: list[tuple[str | None, str]]) -> Inputs:
     got = Inputs()
     seen: set[Path] = set()
+    seen_results: set[Path] = set()
     for label, spec in specs:
         p = Path(spec)
         if not p.exists():
@@ -77,18 +78,21 @@ def collect(specs: list[tuple[str | None, str]]) -> Inputs:
         if p.is_file() or (p / "results.json").is_file():
             if p.is_file() and p.name != "results.json":
                 got.choices += _tag(load_choice_scores(p), p)
-            else:
+            elif (p if p.is_dir() else p.parent).resolve() not in seen_results:
+                seen_results.add((p if p.is_dir() else p.parent).resolve())
                 got.results.append((load_result(p, label), label is not None))
             continue
         found = sorted(f.parent for f in p.rglob("results.json"))
         for d in found:
-            got.results.append((load_result(d), False))
-        for f in sorted(p.glob("*.json")):
-            if _is_choice_file(f):
-                got.choices += _tag(load_choice_scores(f), f)
+            if d.resolve() not in seen_results:  # named on its own as well: listed once
+                seen_results.add(d.resolve())
+                got.results.append((load_result(d), False))
+        choice_files = [f for f in sorted(p.glob("*.json")) if _is_choice_file(f)]
+        for f in choice_files:
+            got.choices += _tag(load_choice_scores(f), f)
         runs = sorted(d for d in p.iterdir() if (d / "metrics.jsonl").is_file())
         got.runs += [load_run(d, d.name) for d in runs]
-        if not found and not got.choices:
+        if not found and not choice_files:
             raise UserError(f"{spec}: holds no results.json and no code-choice scores; pass "
                             "folders written by `codediff evaluate`")
     return got
@@ -258,6 +262,22 @@ def _previous_sources(out: Path) -> list[dict]:
     return [s for s in data.get("sources", []) if Path(s.get("path", "")).exists()]
 
 
+def _runs_of(r: Result) -> list[Run]:
+    """The training run a result's model came from, when its run dir is on this machine: the
+    model page then shows the run's curves beside the result."""
+    path = r.model.get("path")
+    if not path:
+        return []
+    p = Path(str(path))
+    for d in (p, p.parent.parent if p.parent.name == "checkpoints" else None):
+        if d is not None and (d / "metrics.jsonl").is_file():
+            try:
+                return [load_run(d)]
+            except UserError:
+                return []
+    return []
+
+
 def build_site(specs: list[tuple[str | None, str]], out: Path, title: str) -> dict:
     """Validate every input, then write the site; returns the board context."""
     from codediff.reports.labels import make_unique
@@ -273,7 +293,7 @@ def build_site(specs: list[tuple[str | None, str]], out: Path, title: str) -> di
     pages: dict[str, str] = {}
     for r, row in ((r, row) for r in results for b in ctx["boards"].values()
                    for row in b["ranked"] + b["partial"] if row["path"] == str(r.path)):
-        page = report_context([r], [], r.label)
+        page = report_context([r], _runs_of(r), r.label)
         page["back"] = "../index.html"
         pages[row["page"]] = env.get_template("report.html").render(**page)
     if ctx["choice"]:

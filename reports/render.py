@@ -203,8 +203,8 @@ def _choice_chart(scores: list[dict]) -> dict | None:
     rows = [dict(s, series=name) for name, g in groups.items() for s in g]
     return {"title": "Code choice: reference vs 3 failing mutants, ranked by likelihood",
             "svg": line_chart(lines, x_label="total tokens", y_label="accuracy", log_x=True,
-                              percent=True,
-                              dashed=dashed | {n for n, _ in lines if n.startswith("chance")}),
+                              percent=True, dashed=dashed,
+                              reference={n for n, _ in lines if n.startswith("chance")}),
             "rows": sorted(rows, key=lambda s: (s["series"], s.get("tokens") or 0))}
 
 

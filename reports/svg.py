@@ -128,8 +128,9 @@ def _good(pts, log_x: bool) -> list[tuple]:
 
 def line_chart(series: list[tuple[str, list[tuple]]], *, x_label: str, y_label: str,
                log_x: bool = False, dashed: set[str] | None = None,
-               percent: bool = False) -> str:
-    """`series`: (name, [(x, y) or (x, y, err), ...]). Returns an <svg> element."""
+               percent: bool = False, reference: set[str] | None = None) -> str:
+    """`series`: (name, [(x, y) or (x, y, err), ...]). Returns an <svg> element. Series named in
+    `reference` (e.g. a chance level) are drawn grey, without point markers."""
     pts = [p for _, s in series for p in _good(s, log_x)]
     if not pts:
         return "<p class='muted'>no data points</p>"
@@ -137,7 +138,8 @@ def line_chart(series: list[tuple[str, list[tuple]]], *, x_label: str, y_label: 
     f = _Frame([p[0] for p in pts], ys, log_x, percent, x_label, y_label, len(series))
     out = f.open()
     for i, (name, s) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
+        ref = bool(reference and name in reference)
+        color = "#888" if ref else PALETTE[i % len(PALETTE)]
         good = sorted(_good(s, log_x))
         dash = " stroke-dasharray='8,5'" if dashed and name in dashed else ""
         out += f.legend(i, name, color, dash)
@@ -146,7 +148,7 @@ def line_chart(series: list[tuple[str, list[tuple]]], *, x_label: str, y_label: 
         d = " ".join(f"{'M' if j == 0 else 'L'}{f.sx(p[0]):.1f},{f.sy(p[1]):.1f}"
                      for j, p in enumerate(good))
         out.append(f"<path d='{d}' fill='none' stroke='{color}' stroke-width='2.5'{dash}/>")
-        for p in good:
+        for p in [] if ref else good:
             x, y = f.sx(p[0]), f.sy(p[1])
             err = p[2] if len(p) > 2 and p[2] else 0
             if err:

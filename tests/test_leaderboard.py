@@ -267,3 +267,27 @@ def test_base_and_plus_side_by_side(tmp_path):
     (row,) = json.loads((out / "leaderboard.json").read_text())["rows"]
     assert row["plus_pass@1"] == row["base_pass@1"] == 0.5 and row["rank"] == 1
     assert row["plus_pass@1_ci95_lo"] < 0.5 < row["plus_pass@1_ci95_hi"]
+
+
+def test_a_model_page_shows_the_run_it_came_from(tmp_path):
+    """When the sidecar's model path is a checkpoint of a run dir on this machine, the model's
+    page holds that run's training table and curves."""
+    from tests.leaderboard_fixtures import SPECS, judge
+
+    run = tmp_path / "runs" / "mine"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"objective": "mdm", "unique_tokens": 1000,
+                                              "total_tokens": 8000, "epochs": 8}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(
+        {"tokens": 1000 * 2 ** i, "epochs": 2 ** i, "val_loss": 4 - i / 2}) + "\n"
+        for i in range(4)))
+    SPECS["mine"] = (str(run / "checkpoints" / "tokens-8000"), *SPECS["partial"][1:])
+    try:
+        res = judge(tmp_path, "mine")
+    finally:
+        del SPECS["mine"]
+    out = _site(tmp_path, res)
+    (row,) = json.loads((out / "leaderboard.json").read_text())["rows"]
+    page = (out / row["page"]).read_text()
+    assert "<h2>Training</h2>" in page and "Validation loss" in page
+    assert "lowest validation loss 2.5000 at 8 epochs, its last point." in page
