@@ -212,7 +212,9 @@ def report_context(results: list[Result], runs: list[Run], title: str,
                    choices: list[dict] | None = None, notes: str = "") -> dict:
     rows = [result_row(r) for r in results]
     ks = _union_ks(rows)
-    _mark_best(rows, ks)
+    _mark_best([r for r in rows if not r["partial"]], ks)  # a partial result is not comparable
+    for r in rows:
+        r.setdefault("best", set())
     return {"title": title, "results": rows, "ks": ks,
             "has_plus": any("plus" in r["phases"] for r in rows),
             "matrix": _per_task_matrix(results), "curves": _curves(runs),

@@ -148,7 +148,9 @@ def line_chart(series: list[tuple[str, list[tuple]]], *, x_label: str, y_label: 
         d = " ".join(f"{'M' if j == 0 else 'L'}{f.sx(p[0]):.1f},{f.sy(p[1]):.1f}"
                      for j, p in enumerate(good))
         out.append(f"<path d='{d}' fill='none' stroke='{color}' stroke-width='2.5'{dash}/>")
-        for p in [] if ref else good:
+        # markers where they can be told apart; a dense curve is a line (its points in tooltips
+        # would hide it)
+        for p in [] if ref or len(good) > 40 else good:
             x, y = f.sx(p[0]), f.sy(p[1])
             err = p[2] if len(p) > 2 and p[2] else 0
             if err:
