@@ -250,12 +250,15 @@ def test_new_commands_are_listed_and_their_help_is_torch_free(command):
     assert "--out" in r.stdout and f"  {command} " in r.stdout
 
 
-def test_base_and_plus_side_by_side(tmp_path):
+def test_base_and_plus_side_by_side(tmp_path, monkeypatch):
     """A `+` task: the board ranks by plus pass@1 and shows base next to it, with intervals."""
     from codediff.harness.evaluate import evaluate
     from codediff.harness.samples import read_samples
     from codediff.harness.tasks import load_task
 
+    # the judge caches plus-input oracles per dataset, not per problem list: a cut-down task
+    # must not leave its 4-problem oracles in the shared cache
+    monkeypatch.setenv("CODEDIFF_CACHE", str(tmp_path / "cache"))
     task = load_task("mbpp+")
     task.problems = task.problems[:4]  # a 4-problem task: judged in seconds
     rows = [{"task_id": p.task_id, "solution": p.reference if i % 2 == 0 else "def f(): pass"}
