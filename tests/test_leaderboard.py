@@ -101,6 +101,8 @@ def test_partial_results_are_marked_and_listed_below_the_ranking(res, tmp_path):
     assert ranked[0] == "ranked" and partial[0] == "partial"
     assert "big@tokens-9000000" in partial[1] and "big@tokens-9000000" not in ranked[1]
     assert "3/164" in partial[1] and "partial</span>" in partial[1]
+    # 3 of 3 solved: not a certain 100% (s = 0), the Wilson interval for 3 problems
+    assert ">100.0%<span class=\"ci\">43.9–100.0<" in partial[1]
     assert 'class="best"' not in partial[1]
     report = _report(tmp_path, "--results", str(res["partial"]), str(res["ar"]))
     assert 'class="best"' not in report  # 100% on 3 problems is not better than 50% on 164
