@@ -82,8 +82,11 @@ class Judge:
                     truth = pickle.load(f)
             except Exception:  # noqa: BLE001 - a broken cache entry is recomputed
                 truth = None
-        if truth is None:
-            truth = self._compute_oracles(oracles, progress)
+        # The cache is keyed by dataset, and a task may be cut to some of its problems (a
+        # limit, a test): compute only the problems the cached file lacks, then store the union.
+        missing = [p for p in self.task.problems if p.task_id not in (truth or {})]
+        if missing:
+            truth = {**(truth or {}), **self._compute_oracles(oracles, missing, progress)}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             with open(tmp, "wb") as f:
@@ -109,11 +112,10 @@ class Judge:
                                         **phases}
             self.timeouts[p.task_id] = total
 
-    def _compute_oracles(self, oracles: dict, progress: bool) -> dict:
+    def _compute_oracles(self, oracles: dict, problems: list[Problem], progress: bool) -> dict:
         not_none = {ep for ep, o in oracles.items() if o.get("kind") == "not_none"}
         self._oracle_kinds = oracles
         truth: dict[str, dict] = {}
-        problems = self.task.problems
         bar = _bar(len(problems) * 2, f"{self.task.name}: ground truth", progress)
         with Sandbox(0, limits=self.limits, unsafe=self.unsafe) as sb:
             for p in problems:

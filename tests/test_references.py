@@ -98,3 +98,26 @@ def test_humaneval_plus_from_release_format_file(tmp_path):
     res, _ = _judge(task, samples, tmp_path, "heplus")
     t = res["per_task"]["HumanEval/0"]
     assert t["n"] == 2 and t["base"] == 2 and t["plus"] == 1
+
+
+def test_oracle_cache_of_a_cut_task_serves_a_later_larger_one(tmp_path, monkeypatch, data_dir):
+    """The plus-input oracles are cached per dataset; a task cut to some problems must not make
+    a later run over other problems fail (it computes the missing ones and keeps the union)."""
+    monkeypatch.setenv("CODEDIFF_CACHE", str(tmp_path / "cache"))
+
+    def judge(n: int, out: str) -> dict:
+        task = load_task("mbpp+", data_dir)
+        task.problems = task.problems[:n]
+        rows = [{"task_id": p.task_id, "solution": p.reference} for p in task.problems]
+        f = tmp_path / f"{out}.jsonl"
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return evaluate(task, read_samples(f, set(task.by_id()), task.name),
+                        out=tmp_path / out, samples_path=f, ks=[1])
+
+    assert judge(2, "two")["problems"] == 2
+    (cached,) = (tmp_path / "cache" / "oracles").glob("*.pkl")
+    import pickle
+
+    assert len(pickle.loads(cached.read_bytes())) == 2
+    assert judge(4, "four")["problems"] == 4  # KeyError here before the fix
+    assert len(pickle.loads(cached.read_bytes())) == 4
