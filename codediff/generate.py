@@ -363,7 +363,7 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
 
 def _prompt_budget(cfg: GenerateConfig, backend: Any, mode: str) -> int | None:
     """Prompt tokens that fit the model's context with the answer (older tokens are cut)."""
-    if backend.max_seq_len is None or getattr(backend, "samples_itself", False):
+    if backend.max_seq_len is None:  # vLLM's too: it takes the prompt text
         return None
     answer = cfg.max_new_tokens if mode == "ar" else cfg.gen_length
     budget = int(backend.max_seq_len) - answer
@@ -378,16 +378,16 @@ def _run_batch(cfg: GenerateConfig, backend: Any, batch: list[Job], prompts: lis
                stops: list[str], mode: str) -> list[Any]:
     gens = [torch.Generator(device=backend.device).manual_seed(
         _job_seed(cfg.seed, j.task_id, j.completion_id)) for j in batch]
-    if getattr(backend, "samples_itself", False):
+    if backend.samples_itself:
         return _run_vllm(cfg, backend, batch, stops)
     if mode == "ar":
-        from codediff.ar_sampling import ARSettings, generate_ar
+        from codediff.sampling.ar import ARSettings, generate_ar
 
         s = ARSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                        top_p=cfg.top_p, top_k=cfg.top_k, use_cache=cfg.kv_cache)
         return generate_ar(backend, prompts, s, stops, gens, heal=cfg.token_healing)
-    from codediff.dlm_sampling import DLMSettings, generate_dlm
-    from codediff.samplers import CommitRule
+    from codediff.sampling.dlm import DLMSettings, generate_dlm
+    from codediff.sampling.rules import CommitRule
 
     rule = CommitRule(cfg.sampler, tau=cfg.tau, factor=cfg.factor, gamma=cfg.gamma)
     s = DLMSettings(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps,
@@ -399,7 +399,7 @@ def _run_batch(cfg: GenerateConfig, backend: Any, batch: list[Job], prompts: lis
 
 def _run_vllm(cfg: GenerateConfig, backend: Any, batch: list[Job], stops: list[str]
               ) -> list[Any]:
-    from codediff.ar_sampling import Sample
+    from codediff.sampling.common import Sample
 
     t0 = time.perf_counter()
     outs = []

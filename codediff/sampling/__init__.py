@@ -7,7 +7,7 @@ the modules beside it.
 
 from __future__ import annotations
 
-# DLM sampler name -> (score, commit rule); codediff/samplers.py implements each pair.
+# DLM sampler name -> (score, commit rule); rules.py implements each score and rule.
 SAMPLERS: dict[str, tuple[str, str]] = {
     "low_confidence": ("prob", "schedule"),
     "random": ("random", "schedule"),
