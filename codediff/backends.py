@@ -137,6 +137,7 @@ class Backend:
     # it runs its own sampling loop on the prompt text (`generate_texts`; vLLM): the codediff
     # samplers and `forward` are not used
     samples_itself = False
+    model: nn.Module | None = None  # the torch module, where the backend runs one
 
     def __init__(self, *, tokenizer: Any, eos_ids: list[int], pad_id: int, mask_id: int | None,
                  device: torch.device, flops: FlopsModel | None, max_seq_len: int | None,
@@ -175,6 +176,13 @@ class Backend:
         """A backend that `samples_itself`: for each prompt, n samples {"text", "tokens",
         "finish_reason"} (stop sequences already cut)."""
         raise NotImplementedError
+
+    def num_params(self) -> int | None:
+        """All parameters, embeddings and output head included (what run.json's `params`
+        counts); None where the weights are out of reach (vLLM)."""
+        if self.model is None:
+            return None
+        return sum(p.numel() for p in self.model.parameters())
 
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "backend": self.name, "kind": self.kind,
@@ -344,6 +352,9 @@ class ShiftedView(Backend):
                          max_seq_len=inner.max_seq_len, path=inner.path, dtype=inner.dtype)
         self.inner = inner
         self.slices_head = inner.slices_head
+
+    def num_params(self) -> int | None:
+        return self.inner.num_params()
 
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
                 update_cache=False, logits_range=None, logits_at=None):

@@ -158,6 +158,15 @@ def generate_dlm(backend: SamplingBackend, prompts: list[list[int]], settings: D
     return share_rest(out, t_call)
 
 
+def graphs_used(backend: SamplingBackend, settings: DLMSettings) -> bool:
+    """Whether generate_dlm runs its steps as CUDA graphs with these settings: asked for, a
+    graphable backend on the current CUDA device, and a step that repeats (a cached mode's
+    block start is graphed; without a cache, a block needs more than one step)."""
+    repeats = settings.cache != "none" or (
+        settings.steps_per_block if settings.rule.fixed_schedule else settings.block_length) > 1
+    return settings.cuda_graphs and graphs.can_graph(backend.device, backend) and repeats
+
+
 def _answer(gen: torch.Tensor, mask_id: int, eos: torch.Tensor) -> tuple[list[int], str]:
     """The decided answer: tokens before the first end-of-text (or first mask, if any left)."""
     g = gen.tolist()
