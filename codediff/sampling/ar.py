@@ -8,6 +8,7 @@ leave it (with their cache rows), and the loop ends when every row has stopped.
 
 Left padding keeps every row's next token in the same column; position ids count only real
 tokens and the key-padding mask hides the pads, so a padded row computes what it would alone.
+The next token comes from `sample_next` (greedy, or temperature with top-k / top-p), at the end.
 """
 
 from __future__ import annotations
