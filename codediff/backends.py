@@ -153,13 +153,14 @@ class Backend:
         self.dtype = dtype
 
     def forward(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, start_pos: int = 0,
+                position_ids: torch.Tensor | None = None, start_pos: int | torch.Tensor = 0,
                 cache: Any = None, update_cache: bool = False,
                 logits_range: tuple[int, int] | None = None,
                 logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """Float logits [B, S, V]; with `logits_range` (a, b) only input positions a..b-1,
         with `logits_at` (a device tensor) only those positions. Backends that cannot skip the
-        other positions compute them and slice."""
+        other positions compute them and slice. `start_pos` is a 0-dim device tensor only on a
+        `graphable` backend."""
         raise NotImplementedError
 
     def new_cache(self, batch: int, capacity: int) -> Any:
