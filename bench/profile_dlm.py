@@ -51,10 +51,10 @@ def main() -> int:
     from codediff.harness.tasks import load_task
     from torch.profiler import ProfilerActivity, profile
 
-    from codediff import dlm_sampling
     from codediff.backends import load_backend, native_backend
-    from codediff.dlm_sampling import DLMSettings, generate_dlm
-    from codediff.samplers import CommitRule
+    from codediff.sampling import graphs
+    from codediff.sampling.dlm import DLMSettings, generate_dlm
+    from codediff.sampling.rules import CommitRule
 
     dev = torch.device(args.device)
 
@@ -91,7 +91,7 @@ def main() -> int:
           f"gen {args.gen_length}, block {args.block_length}, graphs {args.cuda_graphs}")
 
     captures: list[float] = []
-    real = dlm_sampling._BlockGraph.warm_and_capture.__func__
+    real = graphs.BlockGraph.warm_and_capture.__func__
 
     def timed(cls, fn, inputs):
         sync()
@@ -101,7 +101,7 @@ def main() -> int:
         captures.append(time.perf_counter() - t0)
         return out
 
-    dlm_sampling._BlockGraph.warm_and_capture = classmethod(timed)
+    graphs.BlockGraph.warm_and_capture = classmethod(timed)
     for name in args.configs:
         sampler, tau, cache = CONFIGS[name]
         s = DLMSettings(gen_length=args.gen_length, block_length=args.block_length,

@@ -1,14 +1,19 @@
 """Model backends for generation: one small interface over our checkpoints and external models.
 
-A backend gives the samplers what they need and nothing else:
+A backend gives the samplers what they need and nothing else: the interface is
+`codediff.sampling.common.SamplingBackend` (a Protocol), which `Backend` implements:
 
 - `tokenizer`: `encode(text) -> ids` and `decode(ids) -> text`;
-- `forward(idx, attention_mask=, position_ids=, start_pos=, cache=, update_cache=)` -> logits
-  [B, S, V] where logits[:, i] predicts token i for a DLM (the Dream shift is undone here) and
-  token i + 1 for an AR model;
-- `new_cache(batch, capacity)` when the backend supports KV caching (`supports_cache`; the DLM
-  prefix / dual caches also need `dlm_cache`: a cache rewritten in place);
-- the special ids (`eos_ids`, `pad_id`, `mask_id`) and a FLOPs model for cost estimates.
+- `forward(idx, attention_mask=, position_ids=, start_pos=, cache=, update_cache=,
+  logits_range=, logits_at=)` -> logits [B, S, V] where logits[:, i] predicts token i for a DLM
+  (the Dream shift is undone here) and token i + 1 for an AR model;
+- `new_cache(batch, capacity)` and `select_rows(cache, rows)` where the backend has a KV cache
+  (the DLM prefix / dual caches also need `dlm_cache`: a cache rewritten in place);
+- the special ids (`eos_ids`, `pad_id`, `mask_id`) and a FLOPs model for cost estimates;
+- `slices_head` and `graphable`, what the cost model and the CUDA graphs rely on.
+
+A backend with its own sampling loop (vLLM) says so with `samples_itself` and implements
+`generate_texts` instead; `codediff generate` then hands it the prompt text.
 
 Backends:
   native   a codediff checkpoint (`codediff train` output), `ar` or `mdm`
@@ -114,19 +119,25 @@ class HFTokenizer:
 # ----------------------------------------------------------------------------- backends
 
 class Backend:
-    """Common fields; subclasses implement `forward` (and `new_cache` when cached)."""
+    """Common fields; subclasses implement `forward` (and `new_cache` / `select_rows` when
+    cached). Implements codediff.sampling.common.SamplingBackend."""
 
     name = "base"
     kind = "ar"              # "ar" | "dlm"
     convention = "native"    # "native" | "llada" | "dream" | "causal"
-    supports_cache = False
     # its cache can be rewritten in place at any position (what the DLM prefix / dual caches
     # do at every step); an append-only cache (transformers' DynamicCache) cannot
     dlm_cache = False
-    samples_itself = False   # True for vLLM: it runs its own sampling loop
-    # the output head runs only on `logits_range` (else on every position, then sliced): the
-    # FLOPs estimate counts the head accordingly
+    # the output head runs only on the positions asked for (else on every position, then
+    # sliced): the FLOPs estimate counts the head accordingly
     slices_head = False
+    # its forward can be captured in a CUDA graph (no host syncs inside), and takes a device
+    # tensor for `start_pos` (cached steps) and `logits_at` for the positions to score
+    graphable = False
+    # it runs its own sampling loop on the prompt text (`generate_texts`; vLLM): the codediff
+    # samplers and `forward` are not used
+    samples_itself = False
+    model: nn.Module | None = None  # the torch module, where the backend runs one
 
     def __init__(self, *, tokenizer: Any, eos_ids: list[int], pad_id: int, mask_id: int | None,
                  device: torch.device, flops: FlopsModel | None, max_seq_len: int | None,
@@ -142,25 +153,37 @@ class Backend:
         self.dtype = dtype
 
     def forward(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, start_pos: int = 0,
+                position_ids: torch.Tensor | None = None, start_pos: int | torch.Tensor = 0,
                 cache: Any = None, update_cache: bool = False,
-                logits_range: tuple[int, int] | None = None) -> torch.Tensor:
-        """Float logits [B, S, V]; with `logits_range` (a, b) only input positions a..b-1.
-        Backends that cannot skip the other positions compute them and slice."""
+                logits_range: tuple[int, int] | None = None,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Float logits [B, S, V]; with `logits_range` (a, b) only input positions a..b-1,
+        with `logits_at` (a device tensor) only those positions. Backends that cannot skip the
+        other positions compute them and slice. `start_pos` is a 0-dim device tensor only on a
+        `graphable` backend."""
         raise NotImplementedError
 
     def new_cache(self, batch: int, capacity: int) -> Any:
         raise UserError(f"the {self.name} backend has no KV cache; use --cache none")
 
-    can_select_rows = False  # select_rows works on this backend's caches
-    # its forward can be captured in a CUDA graph (no host syncs inside), and takes a device
-    # tensor for `start_pos` (cached steps) and `logits_at` for the positions to score
-    graphable = False
-
     def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
         """The cache of a batch reduced to `rows` (batch positions), for dropping finished
-        rows from AR decoding."""
+        rows from AR decoding (every backend with a cache has it)."""
         raise NotImplementedError
+
+    def generate_texts(self, prompts: list[str], *, n: int, temperature: float, top_p: float,
+                       top_k: int, max_new_tokens: int, stop: list[str], seed: int
+                       ) -> list[list[dict[str, Any]]]:
+        """A backend that `samples_itself`: for each prompt, n samples {"text", "tokens",
+        "finish_reason"} (stop sequences already cut)."""
+        raise NotImplementedError
+
+    def num_params(self) -> int | None:
+        """All parameters, embeddings and output head included (what run.json's `params`
+        counts); None where the weights are out of reach (vLLM)."""
+        if self.model is None:
+            return None
+        return sum(p.numel() for p in self.model.parameters())
 
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "backend": self.name, "kind": self.kind,
@@ -174,7 +197,6 @@ class NativeBackend(Backend):
     """A codediff checkpoint; `mdm` checkpoints are DLMs in the LLaDA convention (no shift)."""
 
     name = "native"
-    supports_cache = True
     dlm_cache = True
     slices_head = True
     graphable = True
@@ -204,8 +226,6 @@ class NativeBackend(Backend):
         dtype = next(self.model.parameters()).dtype
         return KVCache.empty(self.model, batch, capacity, device=self.device, dtype=dtype)
 
-    can_select_rows = True
-
     def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
         for i in range(len(cache.k)):  # layer by layer: never two whole caches at once
             cache.k[i] = cache.k[i][rows]
@@ -227,7 +247,6 @@ class HFCausalBackend(Backend):
     name = "hf"
     kind = "ar"
     convention = "causal"
-    supports_cache = True
 
     def __init__(self, model: nn.Module, **kw: Any):
         super().__init__(**kw)
@@ -239,9 +258,13 @@ class HFCausalBackend(Backend):
 
     @torch.no_grad()
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
-                update_cache=False, logits_range=None):
+                update_cache=False, logits_range=None, logits_at=None):
         if cache is not None and not update_cache:
             raise ValueError("the hf backend only appends to its cache (AR decoding)")
+        if logits_at is not None:
+            return _at(self.forward(idx, attention_mask=attention_mask,
+                                    position_ids=position_ids, cache=cache,
+                                    update_cache=update_cache), logits_at)
         mask = None if attention_mask is None else attention_mask.to(torch.long)
         kwargs: dict[str, Any] = {}
         S = idx.shape[1]
@@ -258,8 +281,6 @@ class HFCausalBackend(Backend):
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
-
-    can_select_rows = True
 
     def select_rows(self, cache: Any, rows: torch.Tensor) -> Any:
         # reorder_cache also handles the conv / recurrent states of hybrid models, which
@@ -288,9 +309,12 @@ class HFDiffusionBackend(Backend):
 
     @torch.no_grad()
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
-                update_cache=False, logits_range=None):
+                update_cache=False, logits_range=None, logits_at=None):
         if cache is not None:
             raise UserError("external DLMs run without a KV cache; use --cache none")
+        if logits_at is not None:
+            return _at(self.forward(idx, attention_mask=attention_mask,
+                                    position_ids=position_ids), logits_at)
         kwargs: dict[str, Any] = {}
         if attention_mask is not None and not bool(attention_mask.all()):
             if self.convention == "dream":
@@ -330,10 +354,16 @@ class ShiftedView(Backend):
         self.inner = inner
         self.slices_head = inner.slices_head
 
+    def num_params(self) -> int | None:
+        return self.inner.num_params()
+
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
-                update_cache=False, logits_range=None):
+                update_cache=False, logits_range=None, logits_at=None):
         if cache is not None:
             raise UserError("the Dream convention runs without a KV cache; use --cache none")
+        if logits_at is not None:
+            return _at(self.forward(idx, attention_mask=attention_mask,
+                                    position_ids=position_ids), logits_at)
         a, b = logits_range if logits_range is not None else (0, idx.shape[1])
         logits = self.inner.forward(idx, attention_mask=attention_mask, position_ids=position_ids,
                                     logits_range=(max(a - 1, 0), b))
@@ -585,6 +615,11 @@ def _dream_shift(logits: torch.Tensor, a: int, b: int) -> torch.Tensor:
     if a == 0:
         return torch.cat([logits[:, :1], logits[:, :b - 1]], dim=1)
     return logits[:, :b - a]
+
+
+def _at(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`logits_at` for a backend that computes every position: those positions' logits."""
+    return logits.index_select(1, positions)
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:

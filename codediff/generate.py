@@ -25,13 +25,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from codediff import __version__
 from codediff.errors import UserError, is_out_of_memory
 from codediff.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from codediff.backends import Backend
+    from codediff.sampling.common import Sample
+    from codediff.sampling.dlm import DLMSettings
 
 SCHEMA = "codediff.samples/1"
 
@@ -363,7 +368,7 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
 
 def _prompt_budget(cfg: GenerateConfig, backend: Any, mode: str) -> int | None:
     """Prompt tokens that fit the model's context with the answer (older tokens are cut)."""
-    if backend.max_seq_len is None or getattr(backend, "samples_itself", False):
+    if backend.max_seq_len is None:  # vLLM's too: it takes the prompt text
         return None
     answer = cfg.max_new_tokens if mode == "ar" else cfg.gen_length
     budget = int(backend.max_seq_len) - answer
@@ -374,32 +379,46 @@ def _prompt_budget(cfg: GenerateConfig, backend: Any, mode: str) -> int | None:
     return budget
 
 
-def _run_batch(cfg: GenerateConfig, backend: Any, batch: list[Job], prompts: list[list[int]],
-               stops: list[str], mode: str) -> list[Any]:
+def _run_batch(cfg: GenerateConfig, backend: Backend, batch: list[Job],
+               prompts: list[list[int]], stops: list[str], mode: str) -> list[Sample]:
     gens = [torch.Generator(device=backend.device).manual_seed(
         _job_seed(cfg.seed, j.task_id, j.completion_id)) for j in batch]
-    if getattr(backend, "samples_itself", False):
+    if backend.samples_itself:
         return _run_vllm(cfg, backend, batch, stops)
     if mode == "ar":
-        from codediff.ar_sampling import ARSettings, generate_ar
+        from codediff.sampling.ar import ARSettings, generate_ar
 
         s = ARSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                        top_p=cfg.top_p, top_k=cfg.top_k, use_cache=cfg.kv_cache)
         return generate_ar(backend, prompts, s, stops, gens, heal=cfg.token_healing)
-    from codediff.dlm_sampling import DLMSettings, generate_dlm
-    from codediff.samplers import CommitRule
+    from codediff.sampling.dlm import generate_dlm
+
+    return generate_dlm(backend, prompts, _dlm_settings(cfg), stops, gens,
+                        heal=cfg.token_healing)
+
+
+def _dlm_settings(cfg: GenerateConfig) -> DLMSettings:
+    from codediff.sampling.dlm import DLMSettings
+    from codediff.sampling.rules import CommitRule
 
     rule = CommitRule(cfg.sampler, tau=cfg.tau, factor=cfg.factor, gamma=cfg.gamma)
-    s = DLMSettings(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps,
-                    temperature=cfg.temperature, rule=rule, cache=cfg.cache,
-                    logits_eos_inf=cfg.logits_eos_inf, confidence_eos_inf=cfg.confidence_eos_inf,
-                    early_stop=cfg.early_stop, cuda_graphs=cfg.cuda_graphs)
-    return generate_dlm(backend, prompts, s, stops, gens, heal=cfg.token_healing)
+    return DLMSettings(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps,
+                       temperature=cfg.temperature, rule=rule, cache=cfg.cache,
+                       logits_eos_inf=cfg.logits_eos_inf,
+                       confidence_eos_inf=cfg.confidence_eos_inf, early_stop=cfg.early_stop,
+                       cuda_graphs=cfg.cuda_graphs)
 
 
-def _run_vllm(cfg: GenerateConfig, backend: Any, batch: list[Job], stops: list[str]
-              ) -> list[Any]:
-    from codediff.ar_sampling import Sample
+def _graphs_used(cfg: GenerateConfig, backend: Backend, mode: str) -> bool:
+    """Whether the samples' steps ran as CUDA graphs (for the sidecar), not just asked for."""
+    from codediff.sampling.dlm import graphs_used
+
+    return mode == "dlm" and graphs_used(backend, _dlm_settings(cfg))
+
+
+def _run_vllm(cfg: GenerateConfig, backend: Backend, batch: list[Job], stops: list[str]
+              ) -> list[Sample]:
+    from codediff.sampling.common import Sample
 
     t0 = time.perf_counter()
     outs = []
@@ -432,14 +451,17 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
     meta = {
         "schema": SCHEMA,
         "fingerprint": fingerprint,
-        "model": ident["model"],
+        # all parameters, as run.json counts them (the fingerprint's model record has the count
+        # without embedding and head that the FLOPs estimate uses)
+        "model": {**ident["model"], "params": backend.num_params()},
         "task": ident["task"],
         "dataset": ident["dataset"],
         "prompt_format": fmt.name,
         "program": fmt.program,
         "stop_sequences": stops,
         "sampler": ident["settings"],
-        "cuda_graphs": cfg.cuda_graphs,  # how, not what: outside the fingerprint
+        # how, not what: outside the fingerprint; whether the steps ran as CUDA graphs
+        "cuda_graphs": _graphs_used(cfg, backend, ident["settings"]["mode"]),
         "seed": cfg.seed,
         "seeding": "per sample: sha256(seed/task_id/completion_id)",
         "n": cfg.n,

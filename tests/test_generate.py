@@ -17,12 +17,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codediff import ar_sampling, dlm_sampling
-from codediff.ar_sampling import ARSettings, cut_at_stop, generate_ar, left_pad
 from codediff.backends import NativeBackend, ShiftedView, load_backend, native_backend
-from codediff.dlm_sampling import DLMSettings, generate_dlm
 from codediff.model import ModelConfig, Transformer
-from codediff.samplers import CommitRule
+from codediff.sampling import common, dlm, graphs
+from codediff.sampling.ar import ARSettings, generate_ar
+from codediff.sampling.common import cut_at_stop, left_pad
+from codediff.sampling.dlm import DLMSettings, generate_dlm
+from codediff.sampling.rules import CommitRule
 
 EOT, MASK, PAD = 0, 1, 2
 CPU = torch.device("cpu")
@@ -381,8 +382,8 @@ def test_cuda_graph_path_gives_the_same_samples(tok, monkeypatch, cache, sampler
                         generators=gens(3, 5), heal=True)
     if early_stop:  # some rows stopped at end-of-text, at different steps
         assert any(o.stop_reason == "eos" for o in want) and len({o.nfe for o in want}) > 1
-    monkeypatch.setattr(dlm_sampling, "_can_graph", lambda x, backend: True)
-    monkeypatch.setattr(dlm_sampling, "_BlockGraph", EagerGraph)
+    monkeypatch.setattr(graphs, "can_graph", lambda x, backend: True)
+    monkeypatch.setattr(graphs, "BlockGraph", EagerGraph)
     got = generate_dlm(b, prompts, DLMSettings(**kw, early_stop=early_stop, cuda_graphs=True),
                        generators=gens(3, 5), heal=True)
     assert [o.ids for o in got] == [o.ids for o in want]
@@ -417,7 +418,7 @@ def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sample
     # the real capture and replay, on a GPU, in bf16 (what generation uses there): the graph
     # replays the eager kernels, so the samples are identical, token for token
     captures = []
-    real = dlm_sampling._BlockGraph.warm_and_capture.__func__
+    real = graphs.BlockGraph.warm_and_capture.__func__
 
     def counting(cls, fn, inputs):
         captures.append(tuple(inputs[0].shape))
@@ -438,7 +439,7 @@ def test_real_cuda_graphs_give_the_eager_samples(tok, monkeypatch, cache, sample
                         generators=cuda_gens(), heal=True)
     if early_stop:  # some rows stopped at end-of-text, at different steps
         assert any(o.stop_reason == "eos" for o in want) and len({o.nfe for o in want}) > 1
-    monkeypatch.setattr(dlm_sampling._BlockGraph, "warm_and_capture", classmethod(counting))
+    monkeypatch.setattr(graphs.BlockGraph, "warm_and_capture", classmethod(counting))
     got = generate_dlm(b, encode(tok), DLMSettings(**kw, early_stop=early_stop, cuda_graphs=True),
                        generators=cuda_gens(), heal=True)
     assert captures
@@ -812,14 +813,14 @@ def test_modules_import_light():
 
 
 def test_helpers():
-    assert ar_sampling.tokens_for(type("T", (), {"decode": lambda self, ids: "ab" * len(ids)})(),
-                                  [1, 2, 3], "abab") == 2
+    assert common.tokens_for(type("T", (), {"decode": lambda self, ids: "ab" * len(ids)})(),
+                             [1, 2, 3], "abab") == 2
     with pytest.raises(ValueError):
         DLMSettings(gen_length=30, block_length=8)
     with pytest.raises(ValueError):
         DLMSettings(gen_length=32, block_length=8, steps=6)
     assert DLMSettings(gen_length=32, block_length=8).steps_per_block == 8
-    assert dlm_sampling.CACHES == ("none", "prefix", "dual")
+    assert dlm.CACHES == ("none", "prefix", "dual")
 
 
 # ----------------------------------------------------------------------------- export
@@ -851,8 +852,8 @@ def test_export_loads_in_the_llada_convention(tok, tmp_path):
 # ----------------------------------------------------------------------------- token healing
 
 def test_heal_prompts_takes_back_a_token_that_others_extend(tok):
-    from codediff.ar_sampling import heal_prompts
     from codediff.backends import NativeTokenizer
+    from codediff.sampling.common import heal_prompts
 
     nt = NativeTokenizer(tok)
     ends_nl, plain = encode(tok, ["import os\n", "x = f(a"])

@@ -1,4 +1,4 @@
-"""The fused greedy proposal (codediff/sampler_kernel.py) against the plain PyTorch proposal:
+"""The fused greedy proposal (codediff/sampling/kernel.py) against the plain PyTorch proposal:
 the same tokens, probabilities equal to float64 rounding. On a GPU for real; the kernel itself
 also under Triton's CPU interpreter where triton is installed (CUDA builds of torch ship it)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codediff import sampler_kernel as sk
-from codediff import samplers
+from codediff.sampling import kernel as sk
+from codediff.sampling import rules as samplers
 from tests.conftest import run_triton_interpreted
 
 
@@ -56,7 +56,7 @@ def test_fused_greedy_proposal_equals_the_plain_one(V):
 def test_fused_greedy_proposal_under_the_interpreter():
     script = """
 import torch
-from codediff import sampler_kernel as sk
+from codediff.sampling import kernel as sk
 from tests.test_sampler_kernel import hard_logits, plain
 for V in (320, 8192 + 37):
     x = hard_logits(2, 3, V, "cpu")

@@ -1,4 +1,5 @@
-"""Commit rules and token proposals of codediff.samplers (pure tensor functions, no model)."""
+"""Commit rules and token proposals of codediff.sampling.rules, next-token sampling of
+codediff.sampling.ar (pure tensor functions, no model)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 import pytest
 import torch
 
-from codediff import samplers as S
+from codediff.sampling import ar as A
+from codediff.sampling import rules as S
 
 
 def _gens(n: int, seed: int = 0) -> list[torch.Generator]:
@@ -156,19 +158,19 @@ def test_commit_rule_validation():
 
 def test_filter_logits_top_k_top_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert torch.isinf(S.filter_logits(logits, top_k=2)[0, 2:]).all()
-    kept = torch.isfinite(S.filter_logits(logits, top_p=0.7))[0].tolist()
+    assert torch.isinf(A.filter_logits(logits, top_k=2)[0, 2:]).all()
+    kept = torch.isfinite(A.filter_logits(logits, top_p=0.7))[0].tolist()
     assert kept == [True, True, False, False]  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
-    kept = torch.isfinite(S.filter_logits(logits, top_p=0.5))[0].tolist()
+    kept = torch.isfinite(A.filter_logits(logits, top_p=0.5))[0].tolist()
     assert kept == [True, False, False, False]
-    assert torch.isfinite(S.filter_logits(logits, top_p=0.01)).sum() == 1
+    assert torch.isfinite(A.filter_logits(logits, top_p=0.01)).sum() == 1
 
 
 def test_sample_next_greedy_and_seeded():
     logits = torch.randn(4, 50)
-    assert torch.equal(S.sample_next(logits), logits.argmax(-1))
-    a = S.sample_next(logits, 1.0, top_k=5, generators=_gens(4, 3))
-    b = S.sample_next(logits, 1.0, top_k=5, generators=_gens(4, 3))
+    assert torch.equal(A.sample_next(logits), logits.argmax(-1))
+    a = A.sample_next(logits, 1.0, top_k=5, generators=_gens(4, 3))
+    b = A.sample_next(logits, 1.0, top_k=5, generators=_gens(4, 3))
     assert torch.equal(a, b)
     top5 = logits.topk(5, dim=-1).indices
     assert (top5 == a.unsqueeze(-1)).any(-1).all()

@@ -2,12 +2,14 @@
 
 This `__init__` is torch-free: it holds the names that command-line options, settings and docs
 share, so `codediff generate --help` lists them without loading torch. The tensor code lives in
-the modules beside it.
+the modules beside it: common (what AR and DLM decoding share, the backend Protocol), ar, rules
+(DLM scores and commit rules), kernel (the fused greedy proposal), dlm (the DLM step loop),
+caches (one step plan per cache mode) and graphs (CUDA graphs). docs/generation.md maps them.
 """
 
 from __future__ import annotations
 
-# DLM sampler name -> (score, commit rule); codediff/samplers.py implements each pair.
+# DLM sampler name -> (score, commit rule); rules.py implements each score and rule.
 SAMPLERS: dict[str, tuple[str, str]] = {
     "low_confidence": ("prob", "schedule"),
     "random": ("random", "schedule"),

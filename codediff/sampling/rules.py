@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from codediff import sampler_kernel
-from codediff.sampling import SAMPLERS  # noqa: F401 - name -> (score, commit rule)
+from codediff.sampling import SAMPLERS, kernel  # noqa: F401 - SAMPLERS: name -> (score, rule)
 
 NEG_INF = float("-inf")
 
@@ -109,9 +108,9 @@ def propose(logits: torch.Tensor, temperature: float, score: str,
     distribution softmax(logits) computed in float64, as in LLaDA / Fast-dLLM.
     """
     if temperature == 0 and score == "prob" and not need_entropy \
-            and sampler_kernel.usable(logits):
-        # greedy with the probability score on a GPU: one fused pass (sampler_kernel.py)
-        x0, conf = sampler_kernel.argmax_prob(logits)
+            and kernel.usable(logits):
+        # greedy with the probability score on a GPU: one fused pass (kernel.py)
+        x0, conf = kernel.argmax_prob(logits)
         return x0, conf, None
     x0 = gumbel_perturb(logits, temperature, generators).argmax(dim=-1)
     logp = F.log_softmax(logits.to(torch.float64), dim=-1)
@@ -236,34 +235,3 @@ def select(rule: CommitRule, conf: torch.Tensor, entropy: torch.Tensor | None,
     if entropy is None:
         raise ValueError("entropy_bounded needs the entropies (propose(..., need_entropy=True))")
     return select_entropy_bounded(conf, entropy, candidates, rule.gamma)
-
-
-# ----------------------------------------------------------------------------- AR helpers
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Keep the top_k logits and the smallest nucleus with mass >= top_p; others -> -inf.
-
-    top_k = 0 and top_p = 1 disable the filters. The most likely token always survives.
-    """
-    out = logits
-    if top_k and top_k > 0 and top_k < out.shape[-1]:
-        kth = out.topk(top_k, dim=-1).values[..., -1:]
-        out = out.masked_fill(out < kth, NEG_INF)
-    if top_p < 1.0:
-        sorted_logits, order = out.sort(dim=-1, descending=True)
-        probs = sorted_logits.float().softmax(dim=-1)
-        # drop a token when the mass strictly before it already reaches top_p
-        drop = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop[..., 0] = False
-        out = out.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), NEG_INF)
-    return out
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
-                top_p: float = 1.0, generators: list[torch.Generator] | None = None
-                ) -> torch.Tensor:
-    """Next token [B] from last-position logits [B, V]: greedy at temperature 0, else sampled."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    scaled = filter_logits(logits.to(torch.float64) / temperature, top_k, top_p)
-    return gumbel_perturb(scaled, 1.0, generators).argmax(dim=-1)

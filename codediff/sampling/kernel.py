@@ -11,7 +11,7 @@ probability of x0 is then 1 / sum (its logit is the max), taken as exp(-log(sum)
 exp(log_softmax) is.
 
 Numerics: the sum is taken in another order than PyTorch's softmax, so a probability can differ
-from `samplers.propose`'s in the last bits of a float64 (measured against it in
+from `rules.propose`'s in the last bits of a float64 (measured against it in
 tests/test_sampler_kernel.py); x0 is the same token. Generation uses the kernel for every such
 step on CUDA, graphed or not, so graphed and eager samples stay identical.
 CODEDIFF_FUSED_SAMPLER=0 turns it off (the plain PyTorch path).
