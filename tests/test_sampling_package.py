@@ -99,9 +99,10 @@ def test_graphs_used_says_whether_steps_were_captured(tok, monkeypatch, kw, repe
 def test_sidecar_records_graphs_as_used_and_params_as_run_json_counts_them(tok, tmp_path):
     run = save_native(tok, tmp_path, "mdm")
     out = tmp_path / "samples.jsonl"
-    # --cuda-graphs is on by default; on a CPU no graph runs, and the sidecar says so
+    # --cuda-graphs is on by default; on a CPU no graph runs, and the sidecar says so (the
+    # device is pinned: on a GPU machine the same command would use the graphs)
     assert cli("--model", run, "--task", "humaneval", "--limit", "1", "--gen-length", "8",
-               "--block-length", "4", "--cache", "dual", "--out", out) == 0
+               "--block-length", "4", "--cache", "dual", "--device", "cpu", "--out", out) == 0
     meta = json.loads((tmp_path / "samples.meta.json").read_text())
     assert meta["cuda_graphs"] is False
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_head=4, d_model=64,
