@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from codediff.errors import UserError
 from codediff.options import check, option
+from codediff.sampling import CACHES, SAMPLERS
 
 SCHEDULES = ("cosine", "wsd", "constant")
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
@@ -189,3 +191,98 @@ class TrainConfig:
 
     def validate(self) -> None:
         check(self)
+
+
+# ----------------------------------------------------------------------------- generation
+
+GENERATE_BACKENDS = ("auto", "native", "hf", "vllm")
+MODEL_KINDS = ("ar", "dlm")
+CONVENTIONS = ("auto", "llada", "dream")
+GENERATE_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+
+
+@dataclass
+class GenerateConfig:
+    """`codediff generate` (codediff.generate). kind='ar'/'dlm' marks options that apply to one
+    model kind only: setting one for the other kind is refused."""
+
+    model: str = option(help="a codediff run dir or checkpoint folder, or a Hugging Face model "
+                        "folder", group="io")
+    task: str = option(help="task name (see `codediff tasks`)", group="io")
+    out: str = option(help="samples file to write (samples.jsonl)", group="io")
+    prompt_format: str | None = option(None, help="prompt format of the task spec",
+                                       default_text="the task's default", group="io")
+    data: str | None = option(None, help="task data file or folder",
+                              default_text="$CODEDIFF_DATA or packaged data", group="io")
+    # `-n` too: under torchrun `--n` is an ambiguous abbreviation of torchrun's own options
+    n: int = option(1, min=1, short="-n", help="samples per problem", group="io")
+    limit: int | None = option(None, min=1, help="only the first N problems",
+                               default_text="all", group="io")
+    task_ids: list[str] | None = option(None, nargs="+", help="only these task ids",
+                                        default_text="all", group="io")
+    batch_size: int = option(16, min=1, help="sequences per forward pass", group="io")
+    seed: int = option(0, min=0, help="base seed; each sample's seed derives from it, its task "
+                       "and its id", group="io")
+    overwrite: bool = option(False, help="discard an existing or unfinished output made with "
+                             "other settings", group="io")
+    progress: bool = option(True, help="progress bar", false_aliases=("--quiet",), group="io")
+    # both kinds
+    temperature: float = option(0.0, min=0, help="0 = greedy (AR) / argmax (DLM Gumbel-max)",
+                                group="both")
+    token_healing: bool = option(True, help="take the prompt's last token back so the answer's "
+                                 "first token extends its text", group="both")
+    # AR
+    max_new_tokens: int = option(512, min=1, kind="ar", help="answer length limit in tokens",
+                                 group="ar")
+    top_p: float = option(1.0, above=0, max=1, kind="ar", help="nucleus sampling mass (1 = off)",
+                          group="ar")
+    top_k: int = option(0, min=0, kind="ar", help="sample among the k likeliest (0 = off)",
+                        group="ar")
+    kv_cache: bool = option(True, kind="ar", help="reuse keys/values (--no-kv-cache recomputes "
+                            "the whole sequence each step, for checking the cache)", group="ar")
+    # DLM
+    sampler: str = option("low_confidence", choices=tuple(SAMPLERS), kind="dlm",
+                          help="which masked positions to commit at each step", group="dlm")
+    tau: float = option(0.9, min=0, max=1, kind="dlm", help="threshold sampler: confidence bar",
+                        group="dlm")
+    factor: float = option(1.0, min=0, kind="dlm", help="factor sampler: f", group="dlm")
+    gamma: float = option(0.01, min=0, kind="dlm", help="entropy_bounded sampler: entropy "
+                          "budget in nats", group="dlm")
+    gen_length: int = option(256, min=1, kind="dlm", help="answer length in tokens", group="dlm")
+    block_length: int = option(32, min=1, kind="dlm", help="semi-autoregressive block length "
+                               "(= gen-length: one block)", group="dlm")
+    steps: int | None = option(None, min=1, kind="dlm", help="denoising steps for the "
+                               "fixed-schedule samplers", default_text="gen-length, one token "
+                               "per step", group="dlm")
+    cache: str = option("none", choices=CACHES, kind="dlm", help="KV cache: prefix (Fast-dLLM) "
+                        "or dual (prefix + suffix)", group="dlm")
+    logits_eos_inf: bool = option(False, kind="dlm", help="never propose end-of-text (LLaDA's "
+                                  "evaluation option)", group="dlm")
+    confidence_eos_inf: bool = option(False, kind="dlm", help="commit end-of-text proposals "
+                                      "last (LLaDA's evaluation option)", group="dlm")
+    early_stop: bool = option(True, kind="dlm", help="stop decoding blocks once the answer has "
+                              "ended", group="dlm")
+    # replay the repeated step as a CUDA graph (native, GPU)
+    cuda_graphs: bool = option(True, kind="dlm", help="native models on a GPU: capture the "
+                               "repeated diffusion step in a CUDA graph once per batch and "
+                               "replay it (same samples, faster; docs/benchmarks.md)",
+                               group="dlm")
+    # model loading
+    backend: str = option("auto", choices=GENERATE_BACKENDS, help="how to load and run the "
+                          "model", group="load")
+    kind: str | None = option(None, choices=MODEL_KINDS, help="treat a Hugging Face model as "
+                              "AR or DLM", default_text="detected", group="load")
+    convention: str = option("auto", choices=CONVENTIONS, kind="dlm", help="DLM logits "
+                             "convention: llada (aligned) or dream (shifted by one)", group="load")
+    mask_id: int | None = option(None, min=0, kind="dlm", help="mask token id when the model's "
+                                 "config does not name one", default_text="the model's",
+                                 group="load")
+    device: str | None = option(None, help="cpu, cuda, cuda:1", default_text="cuda if a GPU is "
+                                "visible, else cpu", group="load")
+    dtype: str | None = option(None, choices=GENERATE_DTYPES, help="weights dtype",
+                               default_text="bfloat16 on GPU, float32 on CPU", group="load")
+    trust_remote_code: bool = option(False, help="allow a Hugging Face model's own code (LLaDA, "
+                                     "Dream)", group="load")
+    extra: dict[str, Any] = option(help="backend-specific extras", factory=dict, cli=False)
+    # the options the user typed (options only for the other model kind are refused)
+    explicit: set[str] = option(help="options set on the command line", factory=set, cli=False)

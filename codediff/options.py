@@ -74,18 +74,20 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: Iterable |
            count: bool = False, default_text: str | None = None, metavar: str | None = None,
            aliases: tuple[str, ...] = (), false_aliases: tuple[str, ...] = (),
            nargs: str | None = None, group: str | None = None,
-           factory: Any = None, cli: bool = True) -> Any:
+           factory: Any = None, cli: bool = True, required: bool = False) -> Any:
     """A dataclass field with command-line metadata.
 
     min/max: inclusive bounds; above/below: exclusive bounds. kind: 'ar' or 'dlm' when the option
     only applies to that model kind. count: parsed by `parse_count` (5M, 250k). default_text:
     how --help shows a default that is computed elsewhere. false_aliases: hidden extra flags
-    that set a boolean to False (e.g. --quiet for --no-progress). cli=False: not an option."""
+    that set a boolean to False (e.g. --quiet for --no-progress). cli=False: not an option.
+    required: a required flag although the field has a default (fields without a default are
+    required anyway)."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
             "min": min, "max": max, "above": above, "below": below, "flag": flag, "short": short, "kind": kind,
             "count": count, "default_text": default_text, "metavar": metavar,
             "aliases": aliases, "false_aliases": false_aliases, "nargs": nargs,
-            "group": group, "cli": cli}
+            "group": group, "cli": cli, "required": required}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -126,13 +128,17 @@ def _show(v: Any) -> str:
     return str(v)
 
 
+def _required(f: dataclasses.Field) -> bool:
+    return f.metadata.get("required") or (f.default is dataclasses.MISSING
+                                           and f.default_factory is dataclasses.MISSING)
+
+
 def _help(f: dataclasses.Field, default_override: Any = dataclasses.MISSING,
           default_text: str | None = None) -> str:
     m = f.metadata
     text = m["help"]
     default = f.default if default_override is dataclasses.MISSING else default_override
-    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
-            and default_override is dataclasses.MISSING:
+    if _required(f) and default_override is dataclasses.MISSING:
         tail = "required"
     elif default_text:
         tail = f"default: {default_text}"
@@ -244,7 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *,
         m = f.metadata
         target = (groups or {}).get(m.get("group"), parser)
         names = [s for s in (m.get("short"),) if s] + [flag_of(f), *m.get("aliases", ())]
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        required = _required(f)
         default = defaults.get(f.name, dataclasses.MISSING)
         real = (f.default if f.default is not dataclasses.MISSING
                 else f.default_factory() if f.default_factory is not dataclasses.MISSING
@@ -369,8 +375,8 @@ def check_out(path: str | os.PathLike, *, folder: bool, flag: str = "--out",
 
     The overwrite rule (README "Outputs"): a command's rerun with the same settings resumes or
     finds its output complete (`reusable=True`: train, generate, evaluate decide that
-    themselves); any other existing output needs --overwrite (`overwrite` False refuses it;
-    None: this command has no --overwrite and never replaces)."""
+    themselves); any other existing output (an empty folder aside) needs --overwrite
+    (`overwrite` False refuses it; None: this command has no --overwrite and never replaces)."""
     p = Path(path)
     want = "folder" if folder else "file"
     if str(path) == "" or p.name in ("", ".", ".."):
@@ -381,9 +387,10 @@ def check_out(path: str | os.PathLike, *, folder: bool, flag: str = "--out",
                             "choose another path")
         if not folder and p.is_dir():
             raise UserError(f"{flag} {path}: is a folder; give a file name inside it")
-        if not reusable and overwrite is False:
-            raise UserError(f"{flag} {path}: already exists; pass --overwrite to replace it "
-                            "or choose another path")
+        empty_folder = folder and not any(p.iterdir())
+        if not reusable and overwrite is not True and not empty_folder:
+            fix = "pass --overwrite to replace it or " if overwrite is False else ""
+            raise UserError(f"{flag} {path}: already exists; {fix}choose another path")
     parent = p.parent
     while not parent.exists():
         if parent.is_symlink():
