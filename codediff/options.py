@@ -236,11 +236,13 @@ def _converter(cls: type, f: dataclasses.Field):
 def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *,
                   defaults: dict[str, Any] | None = None, skip: Iterable[str] = (),
                   groups: dict[str, Any] | None = None,
-                  texts: dict[str, str] | None = None) -> None:
+                  texts: dict[str, str] | None = None, unset: bool = False) -> None:
     """One argparse option per field of `cls` (in field order).
 
     defaults: used (and shown) instead of the field defaults. texts: how --help shows the
-    default of a field whose default is decided elsewhere.
+    default of a field whose default is decided elsewhere. unset: leave an option the user did
+    not give as None in the namespace (--help still shows the field's default); for commands
+    that layer several sources (`codediff train`: preset < TOML < command line).
     groups: metadata group name -> argument group to put the field in."""
     defaults = defaults or {}
     skip = set(skip)
@@ -256,6 +258,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *,
                 else f.default_factory() if f.default_factory is not dataclasses.MISSING
                 else None)
         value_default = real if default is dataclasses.MISSING else default
+        if unset:
+            value_default = None
         t, _ = _base_type(cls, f)
         help_ = _help(f, default, (texts or {}).get(f.name))
         if t is bool:
@@ -354,16 +358,17 @@ def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def check_kind(cls: type, set_by_user: Iterable[str], model_kind: str, model: str) -> None:
-    """Refuse an option the user set that only applies to the other model kind."""
-    by_name = {f.name: f for f in cli_fields(cls)}
-    order = list(by_name)
-    for name in sorted((n for n in set_by_user if n in by_name), key=order.index):
-        f = by_name[name]
-        if f.metadata.get("kind") in (None, model_kind):
-            continue
-        other = f.metadata["kind"]
-        raise UserError(f"{flag_of(f)} applies to {other} models only, and {model} is an "
-                        f"{model_kind} model; drop {flag_of(f)}")
+    """Refuse options the user set that only apply to the other model kind."""
+    wrong = [f for f in cli_fields(cls)
+             if f.name in set(set_by_user) and f.metadata.get("kind") not in (None, model_kind)]
+    if not wrong:
+        return
+    flags = ", ".join(flag_of(f) for f in wrong)
+    other = wrong[0].metadata["kind"]
+    verb = "applies" if len(wrong) == 1 else "apply"
+    article = "an" if model_kind[0] in "aeiou" else "a"
+    raise UserError(f"{flags} {verb} to {other} models only, and {model} is {article} "
+                    f"{model_kind} model; drop {flags}")
 
 
 # ----------------------------------------------------------------------------- paths

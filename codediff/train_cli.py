@@ -58,18 +58,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         texts[f.name] = _preset_text(f.name, {p: getattr(c, f.name) for p, c in PRESETS.items()},
                                      None)
-    options.add_arguments(model, ModelConfig, defaults={f.name: None for f in
-                                                        options.cli_fields(ModelConfig)},
-                          texts={k: v for k, v in texts.items() if v})
+    options.add_arguments(model, ModelConfig, texts={k: v for k, v in texts.items() if v},
+                          unset=True)
     train = parser.add_argument_group("training")
     ttexts = {}
     for name in {k for d in PRESET_TRAIN_DEFAULTS.values() for k in d}:
-        default = next(f.default for f in fields(TrainConfig) if f.name == name)
+        f = next(f for f in fields(TrainConfig) if f.name == name)
+        # a None default is computed at run time: say how
+        default = f.default if f.default is not None else f.metadata.get("default_text")
         ttexts[name] = _preset_text(name, {p: d.get(name, default)
                                            for p, d in PRESET_TRAIN_DEFAULTS.items()}, default)
-    options.add_arguments(train, TrainConfig, defaults={f.name: None for f in
-                                                        options.cli_fields(TrainConfig)},
-                          texts=ttexts)
+    options.add_arguments(train, TrainConfig, texts=ttexts, unset=True)
 
 
 def _check(cls: type, values: dict[str, Any], where: str | None) -> dict[str, Any]:
