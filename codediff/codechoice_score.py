@@ -43,6 +43,7 @@ class ScoreOptions:
                                 default_text="cuda if a GPU is visible, else cpu")
     batch_size: int = option(64, min=1, help="sequences per forward pass")
     overwrite: bool = option(False, help="replace an existing --out")
+    progress: bool = option(True, help="progress bar (on a terminal)", false_aliases=("--quiet",))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = score_choices(model, tok, meta, rows, method=o.method, samples=o.mc_samples,
                             seed=o.seed, batch_size=o.batch_size,
-                            progress=sys.stderr.isatty())
+                            progress=o.progress and sys.stderr.isatty())
     except RuntimeError as e:  # torch.OutOfMemoryError is one
         if not is_out_of_memory(e):
             raise
