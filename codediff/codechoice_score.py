@@ -42,7 +42,8 @@ class ScoreOptions:
     device: str | None = option(None, help="cpu, cuda, cuda:1",
                                 default_text="cuda if a GPU is visible, else cpu")
     batch_size: int = option(64, min=1, help="sequences per forward pass")
-    overwrite: bool = option(False, help="replace an existing --out")
+    overwrite: bool = option(False, negatable=False,
+                             help="replace an existing --out")
     progress: bool = option(True, help="progress bar (on a terminal)", false_aliases=("--quiet",))
 
 

@@ -223,7 +223,8 @@ class GenerateConfig:
     batch_size: int = option(16, min=1, help="sequences per forward pass", group="io")
     seed: int = option(0, min=0, help="base seed; each sample's seed derives from it, its task "
                        "and its id", group="io")
-    overwrite: bool = option(False, help="discard an existing or unfinished output made with "
+    overwrite: bool = option(False, negatable=False,
+                             help="discard an existing or unfinished output made with "
                              "other settings", group="io")
     progress: bool = option(True, help="progress bar", false_aliases=("--quiet",), group="io")
     # both kinds
@@ -281,7 +282,8 @@ class GenerateConfig:
                                 "visible, else cpu", group="load")
     dtype: str | None = option(None, choices=GENERATE_DTYPES, help="weights dtype",
                                default_text="bfloat16 on GPU, float32 on CPU", group="load")
-    trust_remote_code: bool = option(False, help="allow a Hugging Face model's own code (LLaDA, "
+    trust_remote_code: bool = option(False, negatable=False,
+                                     help="allow a Hugging Face model's own code (LLaDA, "
                                      "Dream)", group="load")
     extra: dict[str, Any] = option(help="backend-specific extras", factory=dict, cli=False)
     # the options the user typed (options only for the other model kind are refused)

@@ -74,7 +74,8 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: Iterable |
            count: bool = False, default_text: str | None = None, metavar: str | None = None,
            aliases: tuple[str, ...] = (), false_aliases: tuple[str, ...] = (),
            nargs: str | None = None, group: str | None = None,
-           factory: Any = None, cli: bool = True, required: bool = False) -> Any:
+           factory: Any = None, cli: bool = True, required: bool = False,
+           negatable: bool = True) -> Any:
     """A dataclass field with command-line metadata.
 
     min/max: inclusive bounds; above/below: exclusive bounds. kind: 'ar' or 'dlm' when the option
@@ -82,12 +83,13 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: Iterable |
     how --help shows a default that is computed elsewhere. false_aliases: hidden extra flags
     that set a boolean to False (e.g. --quiet for --no-progress). cli=False: not an option.
     required: a required flag although the field has a default (fields without a default are
-    required anyway)."""
+    required anyway). negatable=False: a boolean switch without a --no- form (--overwrite)."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "min": min, "max": max, "above": above, "below": below, "flag": flag, "short": short, "kind": kind,
+            "min": min, "max": max, "above": above, "below": below, "flag": flag,
+            "short": short, "kind": kind,
             "count": count, "default_text": default_text, "metavar": metavar,
             "aliases": aliases, "false_aliases": false_aliases, "nargs": nargs,
-            "group": group, "cli": cli, "required": required}
+            "group": group, "cli": cli, "required": required, "negatable": negatable}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -182,6 +184,18 @@ class _Bool(argparse.BooleanOptionalAction):
         _mark(namespace, self.dest)
 
 
+class _True(argparse.Action):
+    """A switch that sets a boolean to True (no --no- form)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        kw.pop("nargs", None)
+        super().__init__(option_strings, dest, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        _mark(namespace, self.dest)
+
+
 class _False(argparse.Action):
     """A hidden alias that sets a boolean to False (e.g. --quiet = --no-progress)."""
 
@@ -234,7 +248,7 @@ def _converter(cls: type, f: dataclasses.Field):
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *,
-                  defaults: dict[str, Any] | None = None, skip: Iterable[str] = (),
+                  defaults: dict[str, Any] | None = None,
                   groups: dict[str, Any] | None = None,
                   texts: dict[str, str] | None = None, unset: bool = False) -> None:
     """One argparse option per field of `cls` (in field order).
@@ -245,10 +259,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *,
     that layer several sources (`codediff train`: preset < TOML < command line).
     groups: metadata group name -> argument group to put the field in."""
     defaults = defaults or {}
-    skip = set(skip)
     for f in cli_fields(cls):
-        if f.name in skip:
-            continue
         m = f.metadata
         target = (groups or {}).get(m.get("group"), parser)
         names = [s for s in (m.get("short"),) if s] + [flag_of(f), *m.get("aliases", ())]
@@ -263,7 +274,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *,
         t, _ = _base_type(cls, f)
         help_ = _help(f, default, (texts or {}).get(f.name))
         if t is bool:
-            target.add_argument(*names, dest=f.name, action=_Bool, default=value_default,
+            action = _Bool if m.get("negatable", True) else _True
+            target.add_argument(*names, dest=f.name, action=action, default=value_default,
                                 help=help_)
             for alias in m.get("false_aliases", ()):
                 target.add_argument(alias, dest=f.name, action=_False, help=argparse.SUPPRESS)

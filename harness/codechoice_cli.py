@@ -24,7 +24,8 @@ class CodechoiceOptions:
                                default_text="all")
     data: str | None = option(None, help="task data folder", default_text="$CODEDIFF_DATA")
     workers: int = option(0, min=0, help="parallel sandboxes (0 = all cores)")
-    overwrite: bool = option(False, help="replace an existing --out")
+    overwrite: bool = option(False, negatable=False,
+                             help="replace an existing --out")
     progress: bool = option(True, help="progress bar (on a terminal)", false_aliases=("--quiet",))
 
 

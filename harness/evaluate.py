@@ -56,7 +56,8 @@ class EvaluateOptions:
                             "(--no-sanitize judges the raw text as it is)")
     memory_mb: int = option(Limits.memory_bytes >> 20, min=1,
                             help="address-space limit per sample process, in MiB")
-    unsafe_no_sandbox: bool = option(False, help="run model code without bubblewrap (only for "
+    unsafe_no_sandbox: bool = option(False, negatable=False,
+                                     help="run model code without bubblewrap (only for "
                                      "trusted samples)")
     progress: bool = option(True, help="progress bar (on a terminal)", false_aliases=("--quiet",))
 

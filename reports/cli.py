@@ -30,9 +30,11 @@ class ReportOptions:
     out: str = option("", help="HTML file to write", required=True)
     title: str | None = option(None, help="page title",
                                default_text="codediff report / codediff leaderboard")
-    leaderboard: bool = option(False, help="a leaderboard per task instead of a comparison "
+    leaderboard: bool = option(False, negatable=False,
+                               help="a leaderboard per task instead of a comparison "
                                "report")
-    overwrite: bool = option(False, help="replace an existing --out")
+    overwrite: bool = option(False, negatable=False,
+                             help="replace an existing --out")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
