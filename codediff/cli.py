@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 
 from codediff import __version__
 from codediff.errors import UserError
@@ -29,6 +30,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "leaderboard": ("codediff.reports.leaderboard", "a static leaderboard site from result dirs"),
     "demo": ("codediff.demo", "the whole pipeline on a CPU in minutes, ending in a leaderboard"),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line (`codediff: error: ...`, exit 2), like a
+    UserError, instead of the usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        message = message.replace("argument ", "", 1) if message.startswith("argument ") \
+            else message
+        print(f"codediff: error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
 
 
 def _usage() -> str:
@@ -59,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codediff: error: `{name}` is not available ({e}); reinstall with `make install`",
               file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"codediff {name}", description=help_)
+    parser = _Parser(prog=f"codediff {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     try:

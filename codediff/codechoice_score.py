@@ -15,25 +15,40 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from codediff import options
 from codediff.errors import UserError, is_out_of_memory
 from codediff.fileio import atomic_write_text
+from codediff.options import option
 
 SCHEMA = "codediff.choice-score/1"
 
 
+@dataclass
+class ScoreOptions:
+    """`codediff score`'s options (codediff.options turns them into flags)."""
+
+    model: str = option(help="codediff checkpoint folder, or a run dir (its newest checkpoint)")
+    choices: str = option(help="JSONL from `codediff codechoice`")
+    out: str = option(help="JSON file to write")
+    method: str = option("auto", choices=("auto", "exact", "elbo", "pll"),
+                         help="auto: exact for ar, elbo for mdm")
+    mc_samples: int = option(64, min=1, help="Monte Carlo samples per option (elbo)")
+    seed: int = option(0, min=0, help="seed of the Monte Carlo draws")
+    limit: int | None = option(None, min=1, help="score only the first N rows",
+                               default_text="all")
+    device: str | None = option(None, help="cpu, cuda, cuda:1",
+                                default_text="cuda if a GPU is visible, else cpu")
+    batch_size: int = option(64, min=1, help="sequences per forward pass")
+    overwrite: bool = option(False, negatable=False,
+                             help="replace an existing --out")
+    progress: bool = option(True, help="progress bar (on a terminal)", false_aliases=("--quiet",))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="codediff checkpoint folder, or a run dir (its newest checkpoint)")
-    parser.add_argument("--choices", required=True, help="JSONL from `codediff codechoice`")
-    parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--method", default="auto", choices=("auto", "exact", "elbo", "pll"),
-                        help="auto: exact for ar, elbo for mdm")
-    parser.add_argument("--samples", type=int, default=64, help="Monte Carlo samples (elbo)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--batch-size", type=int, default=64)
+    options.add_arguments(parser, ScoreOptions)
 
 
 def read_choices(path: str | os.PathLike) -> list[dict]:
@@ -109,31 +124,34 @@ def _score_rows(model, tokenizer, meta: dict, rows: list[dict], method: str, sam
 
 
 def run(args: argparse.Namespace) -> int:
+    o = options.from_args(ScoreOptions, args)
+    options.check_out(o.out, folder=False, overwrite=o.overwrite)
+    rows = read_choices(o.choices)[: o.limit]
+    options.check_device(o.device)
     import torch
 
     from codediff.backends import resolve_checkpoint
     from codediff.checkpoints import load_checkpoint
 
-    rows = read_choices(args.choices)[: args.limit]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok, meta = load_checkpoint(resolve_checkpoint(args.model), device=device)
-    if args.method in ("elbo", "pll") and meta["objective"] != "mdm":
-        raise UserError(f"--method {args.method} needs an mdm checkpoint; use exact or auto")
-    if args.method == "exact" and meta["objective"] != "ar":
+    device = o.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok, meta = load_checkpoint(resolve_checkpoint(o.model), device=device)
+    if o.method in ("elbo", "pll") and meta["objective"] != "mdm":
+        raise UserError(f"--method {o.method} needs an mdm checkpoint; use exact or auto")
+    if o.method == "exact" and meta["objective"] != "ar":
         raise UserError("--method exact needs an ar checkpoint; use elbo, pll or auto")
     try:
-        res = score_choices(model, tok, meta, rows, method=args.method, samples=args.samples,
-                            seed=args.seed, batch_size=args.batch_size,
-                            progress=sys.stderr.isatty())
+        res = score_choices(model, tok, meta, rows, method=o.method, samples=o.mc_samples,
+                            seed=o.seed, batch_size=o.batch_size,
+                            progress=o.progress and sys.stderr.isatty())
     except RuntimeError as e:  # torch.OutOfMemoryError is one
         if not is_out_of_memory(e):
             raise
-        raise UserError(f"out of memory scoring {args.batch_size} sequences at once; pass a "
-                        f"smaller --batch-size (e.g. {max(1, args.batch_size // 2)}); the scores "
+        raise UserError(f"out of memory scoring {o.batch_size} sequences at once; pass a "
+                        f"smaller --batch-size (e.g. {max(1, o.batch_size // 2)}); the scores "
                         "do not depend on it beyond float rounding") from None
-    res.update(model=str(args.model), choices=str(args.choices))
-    atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
-    print(f"{args.model}: {100 * res['accuracy']:.1f}% ± {100 * res['stderr']:.1f} "
+    res.update(model=str(o.model), choices=str(o.choices))
+    atomic_write_text(o.out, json.dumps(res, indent=1) + "\n")
+    print(f"{o.model}: {100 * res['accuracy']:.1f}% ± {100 * res['stderr']:.1f} "
           f"({res['method']}, n={res['n']}, {res['skipped_too_long']} rows longer than the "
           f"window skipped, chance {100 * res['chance']:.0f}%)")
     return 0

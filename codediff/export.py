@@ -95,12 +95,17 @@ def _tokenizer_config(src: Path, meta: dict) -> dict:
 # ----------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="an mdm run dir or checkpoint folder")
-    parser.add_argument("out", help="new folder for the Hugging Face (LLaDA convention) model")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    parser.add_argument("checkpoint", help="an mdm run dir or checkpoint folder (required)")
+    parser.add_argument("out", help="new folder for the Hugging Face (LLaDA convention) model "
+                        "(required)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing folder (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from codediff.options import check_out
+
+    check_out(args.out, folder=True, flag="out", overwrite=args.overwrite)
     out = export_llada(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"exported {out}: load with AutoModel.from_pretrained(..., trust_remote_code=True)")
     return 0

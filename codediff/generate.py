@@ -23,13 +23,14 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from codediff import __version__
+from codediff.config import GenerateConfig
 from codediff.errors import UserError, is_out_of_memory
 from codediff.fileio import atomic_write_text
 
@@ -39,51 +40,6 @@ if TYPE_CHECKING:
     from codediff.sampling.dlm import DLMSettings
 
 SCHEMA = "codediff.samples/1"
-
-
-@dataclass
-class GenerateConfig:
-    model: str
-    task: str
-    out: str
-    prompt_format: str | None = None
-    data: str | None = None
-    n: int = 1
-    limit: int | None = None
-    task_ids: list[str] | None = None
-    batch_size: int = 16
-    seed: int = 0
-    # AR
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    kv_cache: bool = True
-    token_healing: bool = True
-    # DLM
-    sampler: str = "low_confidence"
-    tau: float = 0.9
-    factor: float = 1.0
-    gamma: float = 0.01
-    gen_length: int = 256
-    block_length: int = 32
-    steps: int | None = None
-    cache: str = "none"
-    logits_eos_inf: bool = False
-    confidence_eos_inf: bool = False
-    early_stop: bool = True
-    cuda_graphs: bool = True  # DLM: replay the repeated step as a CUDA graph (native, GPU)
-    # model loading
-    backend: str = "auto"
-    kind: str | None = None
-    convention: str = "auto"
-    mask_id: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    trust_remote_code: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,30 +113,13 @@ def _distributed() -> tuple[int, int]:
 
 
 def validate(cfg: GenerateConfig) -> None:
-    """Reject bad options before anything is loaded or written."""
-    if cfg.n < 1:
-        raise UserError(f"--n {cfg.n}: need at least one sample per problem")
-    if cfg.batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise UserError("--limit must be >= 1")
-    if cfg.temperature < 0:
-        raise UserError("--temperature must be >= 0")
-    if not 0 < cfg.top_p <= 1:
-        raise UserError("--top-p must be in (0, 1]")
-    if cfg.top_k < 0:
-        raise UserError("--top-k must be >= 0 (0 = off)")
-    if cfg.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be >= 1")
-    from codediff.sampling import CACHES, SAMPLERS
+    """Reject bad options before anything is loaded or written (the bounds and choices of
+    each option live in codediff.config.GenerateConfig)."""
+    from codediff import options
+    from codediff.sampling import SAMPLERS
 
-    if cfg.sampler not in SAMPLERS:
-        raise UserError(f"--sampler {cfg.sampler}: choose one of {', '.join(SAMPLERS)}")
-    if not 0 <= cfg.tau <= 1:
-        raise UserError("--tau must be in [0, 1]")
-    if cfg.factor < 0 or cfg.gamma < 0:
-        raise UserError("--factor and --gamma must be >= 0")
-    if cfg.gen_length < 1 or cfg.block_length < 1 or cfg.gen_length % cfg.block_length:
+    options.check(cfg)
+    if cfg.gen_length % cfg.block_length:
         raise UserError(f"--gen-length {cfg.gen_length} must be a positive multiple of "
                         f"--block-length {cfg.block_length}")
     blocks = cfg.gen_length // cfg.block_length
@@ -188,13 +127,17 @@ def validate(cfg: GenerateConfig) -> None:
     if SAMPLERS[cfg.sampler][1] == "schedule" and (steps < blocks or steps % blocks):
         raise UserError(f"--steps {steps} must be a positive multiple of the number of blocks "
                         f"({blocks} = gen-length / block-length)")
-    if cfg.cache not in CACHES:
-        raise UserError("--cache must be none, prefix or dual")
-    out = Path(cfg.out)
-    if out.parent.exists() and not out.parent.is_dir():
-        raise UserError(f"--out {cfg.out}: {out.parent} is a file, not a folder")
-    if out.exists() and out.is_dir():
-        raise UserError(f"--out {cfg.out} is a folder; pass a file name like samples.jsonl")
+    # a sampler's own knob given with another sampler would be silently ignored
+    for name, owner in (("tau", "threshold"), ("factor", "factor"),
+                        ("gamma", "entropy_bounded")):
+        if name in cfg.explicit and cfg.sampler != owner:
+            raise UserError(f"--{name} applies to --sampler {owner} only (this run uses "
+                            f"--sampler {cfg.sampler}); drop --{name} or pass --sampler {owner}")
+    if "steps" in cfg.explicit and SAMPLERS[cfg.sampler][1] != "schedule":
+        raise UserError(f"--steps applies to the fixed-schedule samplers only; --sampler "
+                        f"{cfg.sampler} decides its own steps: drop --steps")
+    options.check_out(cfg.out, folder=False, overwrite=cfg.overwrite, reusable=True)
+    options.check_device(cfg.device)
 
 
 def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
@@ -250,6 +193,10 @@ def run_generate(cfg: GenerateConfig) -> Path:
     if mode == "dlm" and cfg.cache != "none" and not backend.dlm_cache:
         raise UserError(f"{cfg.model}: this model has no KV cache for diffusion steps; "
                         "use --cache none")
+    from codediff.options import check_kind
+
+    check_kind(GenerateConfig, cfg.explicit, mode, cfg.model)
+    _prompt_budget(cfg, backend, mode)  # the answer must fit the context: check before writing
     settings = settings_of(cfg, mode)
     ident = {"model": backend.describe(), "task": task.name, "dataset": task.dataset.as_dict(),
              "prompt_format": fmt.name, "problems": [p.task_id for p in problems],

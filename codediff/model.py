@@ -16,7 +16,6 @@ value on the host, so one CUDA graph of the step serves every block of a diffusi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -24,86 +23,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from codediff import rope_kernel
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 8192
-    n_layer: int = 6
-    n_head: int = 6
-    n_kv_head: int | None = None  # None -> n_head (no grouped-query attention)
-    d_model: int = 384
-    d_ff: int | None = None  # None -> SwiGLU hidden ~ 8/3 d, rounded up to a multiple of 64
-    max_seq_len: int = 256
-    rope_base: float = 10000.0
-    qk_norm: bool = False
-    causal: bool = True  # True for `ar`, False for `mdm`
-    norm_eps: float = 1e-5
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        if self.n_head % self.kv_heads:
-            raise ValueError(f"n_head {self.n_head} is not a multiple of n_kv_head {self.kv_heads}")
-        if (self.d_model // self.n_head) % 2:
-            raise ValueError("head dimension must be even for RoPE")
-
-    # None fields stay None (so overriding d_model or n_head re-derives them); these resolve them
-    @property
-    def kv_heads(self) -> int:
-        return self.n_head if self.n_kv_head is None else self.n_kv_head
-
-    @property
-    def ffn_dim(self) -> int:
-        return self.d_ff if self.d_ff is not None else 64 * math.ceil(8 * self.d_model / 3 / 64)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        """Build from a dict, ignoring keys that are not config fields (forward compatible)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def num_params(self, *, embeddings: bool = True) -> int:
-        """Parameter count; `embeddings=False` leaves out the token embedding (a lookup)."""
-        hd, d = self.head_dim, self.d_model
-        attn = d * hd * (self.n_head + 2 * self.kv_heads) + self.n_head * hd * d
-        mlp = 3 * d * self.ffn_dim
-        norms = 2 * d + (2 * hd if self.qk_norm else 0)
-        body = self.n_layer * (attn + mlp + norms) + d
-        head = d * self.vocab_size
-        return body + head + (d * self.vocab_size if embeddings else 0)
-
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6 x matmul params + attention (12 L d S, halved when causal)."""
-        s = self.max_seq_len if seq_len is None else seq_len
-        attn = 12 * self.n_layer * self.d_model * s * (0.5 if self.causal else 1.0)
-        return 6.0 * self.num_params(embeddings=False) + attn
-
-
-PRESETS: dict[str, ModelConfig] = {
-    # ~16.9M parameters with an 8K vocab (the paper's small-scale calibration model)
-    "tiny": ModelConfig(vocab_size=8192, n_layer=6, n_head=6, d_model=384, max_seq_len=256),
-    # ~135M parameters with a 32K vocab (GPT-2-small shape)
-    "small": ModelConfig(vocab_size=32768, n_layer=12, n_head=12, d_model=768, max_seq_len=1024),
-    # the paper's released coder recipe (GPT-NeoX vocab padded to a multiple of 64)
-    "coder-1.7b": ModelConfig(vocab_size=50304, n_layer=28, n_head=16, d_model=2048, d_ff=6144,
-                              max_seq_len=2048, qk_norm=True),
-}
-
-
-def preset(name: str, **overrides) -> ModelConfig:
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
-
+from codediff.config import PRESETS, ModelConfig, preset  # noqa: F401  (re-exported)
 
 # ----------------------------------------------------------------------------- cache
 

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("ar", "mdm")
-T_SAMPLING = ("uniform", "stratified", "antithetic")
+from codediff.config import OBJECTIVES, T_SAMPLING  # noqa: F401  (one list of the names)
 
 
 @dataclass

@@ -29,9 +29,10 @@ import torch.distributed as dist
 
 from codediff import __version__
 from codediff.checkpoints import atomic_write_text, save_checkpoint
+from codediff.config import ATTENTION_BACKENDS, SCHEDULES, ModelConfig, TrainConfig  # noqa: F401
 from codediff.data import Corpus, TrainStream, open_corpus, val_windows
 from codediff.errors import UserError, is_out_of_memory
-from codediff.model import ModelConfig, Transformer, attention_without_cudnn
+from codediff.model import Transformer, attention_without_cudnn
 from codediff.objectives import (
     ObjectiveConfig,
     ar_nll,
@@ -40,10 +41,9 @@ from codediff.objectives import (
     mdm_neg_elbo,
     micro_batch_generator,
 )
+from codediff.options import parse_count
 
 RUN_SCHEMA = "codediff.run/1"
-SCHEDULES = ("cosine", "wsd", "constant")
-ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 # options that may change between a run and its resumption (they do not change the weights)
 RESUMABLE_CHANGES = {"compile", "compile_mode", "attention", "log_every", "save_every_s",
                      "save_every_steps", "progress", "micro_batch", "dist",
@@ -58,74 +58,6 @@ def resolve_compile_mode(mode: str, world: int, device_type: str, accum: int) ->
         return mode
     graphs = world == 1 and device_type == "cuda" and accum == 1
     return "reduce-overhead" if graphs else "default"
-
-
-@dataclass
-class TrainConfig:
-    objective: str = "ar"
-    total_tokens: int = 10_000_000
-    seq_len: int | None = None  # None -> the model's max_seq_len
-    batch_size: int = 128  # global batch, sequences per optimizer step
-    micro_batch: int | None = None  # sequences per rank per forward; None -> batch / world
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
-    warmup_steps: int | None = None  # None -> 5% of the steps, at most 2000
-    decay_frac: float = 0.2  # wsd: the last fraction of the steps decays linearly
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seed: int = 0
-    # objective options
-    t_sampling: str = "stratified"
-    mdm_eps: float = 1e-3
-    cut_prob: float = 0.01
-    mdm_masked_head: bool = True  # mdm: output head on the masked positions only (same loss)
-    ar_input_mask_prob: float = 0.0
-    ar_input_noise_prob: float = 0.0
-    # validation and checkpoints at log-spaced token counts
-    val_tokens: int = 1_000_000
-    val_batch: int | None = None  # None -> micro batch
-    mdm_val_samples: int = 4
-    val_seed: int = 1234
-    eval_points: int = 24
-    checkpoint_points: int = 8
-    first_eval_tokens: int | None = None  # start of the log grid; None -> total / 1000
-    # machinery
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU) | bfloat16 | float32
-    compile: bool | None = None  # None -> on CUDA
-    # auto: CUDA graphs ("reduce-overhead") for one process on a GPU without gradient
-    # accumulation, where a small model's step is bound by kernel launches; "default" otherwise
-    # (DDP / FSDP2 communication hooks are not captured by CUDA graphs)
-    compile_mode: str = "auto"
-    attention: str = "auto"  # SDPA kernel: auto | cudnn | flash | efficient | math
-    dist: str = "ddp"  # ddp | fsdp (used when launched with several processes)
-    activation_checkpointing: bool = False
-    log_every: int = 10
-    save_every_s: float = 600.0
-    save_every_steps: int = 0  # also save state every N steps (0 = only by time / checkpoints)
-    progress: bool = True
-    stop_after_steps: int = 0  # stop (state saved) after this many steps in this invocation
-
-    def validate(self) -> None:
-        if self.objective not in ("ar", "mdm"):
-            raise UserError(f"--objective {self.objective}: choose ar or mdm")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"--schedule {self.schedule}: choose one of {', '.join(SCHEDULES)}")
-        if self.dist not in ("ddp", "fsdp"):
-            raise UserError(f"--dist {self.dist}: choose ddp or fsdp")
-        if self.attention not in ATTENTION_BACKENDS:
-            raise UserError(f"--attention {self.attention}: choose one of "
-                            f"{', '.join(ATTENTION_BACKENDS)}")
-        if self.dtype not in ("auto", "bfloat16", "float32"):
-            raise UserError(f"--dtype {self.dtype}: choose auto, bfloat16 or float32")
-        if self.total_tokens <= 0:
-            raise UserError("--total-tokens must be positive (e.g. 300M)")
-        if self.batch_size <= 0 or (self.micro_batch is not None and self.micro_batch <= 0):
-            raise UserError("--batch-size and --micro-batch must be positive")
-        if self.lr <= 0:
-            raise UserError("--lr must be positive")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -206,18 +138,9 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def parse_tokens(text: str | int) -> int:
-    """'300M' -> 300_000_000; also K, G/B, T and plain integers or floats ('1.5e9')."""
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().upper().replace("_", "")
-    mult = {"K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9, "T": 10**12}
-    try:
-        if s and s[-1] in mult:
-            return int(float(s[:-1]) * mult[s[-1]])
-        return int(float(s))
-    except ValueError:
-        raise UserError(f"token count {text!r}: write a number like 300M, 1.5B or 2000000") \
-            from None
+    """'300M' -> 300_000_000; also K, G/B, T and plain integers ('1.5e9'); the one count parser
+    (codediff.options.parse_count): a fraction of a token is an error."""
+    return parse_count(text)
 
 
 # ----------------------------------------------------------------------------- run dir

@@ -1,8 +1,9 @@
 """`codediff train`: train an `ar` or `mdm` coder on a corpus dir for a token budget.
 
-Every ModelConfig and TrainConfig field is an option (`--n-layer 4`, `--lr 3e-4`, ...); a TOML
-file (`--config run.toml`, tables [model] and [train] or flat keys) sets them too. Precedence:
-preset < TOML < command line. Several GPUs: `torchrun --nproc_per_node N -m codediff.cli train ...`.
+Every ModelConfig and TrainConfig field (codediff.config) is an option (`--n-layer 4`,
+`--lr 3e-4`, ...); a TOML file (`--config run.toml`, tables [model] and [train] or flat keys)
+sets them too. Precedence: preset < TOML < command line. Several GPUs:
+`torchrun --nproc_per_node N -m codediff.cli train ...`.
 
 Light module: torch is imported inside `run` only.
 """
@@ -11,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
+from typing import Any
 
+from codediff import options
+from codediff.config import OBJECTIVES, PRESETS, ModelConfig, TrainConfig
 from codediff.errors import UserError
 
 # training defaults that depend on the preset (the rest come from TrainConfig)
@@ -21,93 +25,57 @@ PRESET_TRAIN_DEFAULTS = {
     "small": {"lr": 6e-4, "batch_size": 256},
     "coder-1.7b": {"lr": 2e-4, "batch_size": 256, "warmup_steps": 2000, "schedule": "wsd"},
 }
-TOKEN_FIELDS = {"total_tokens", "val_tokens", "first_eval_tokens"}
-# set by dedicated options or by the objective, not as generic overrides
-SKIP = {"causal", "objective", "total_tokens"}
 
 
-def _dataclasses():
-    # the dataclass modules import torch; read their fields lazily through typing hints
-    from codediff.model import ModelConfig
-    from codediff.train import TrainConfig
-
-    return ModelConfig, TrainConfig
-
-
-def _field_specs():
-    """(dest, annotation string, help-group) for every overridable field, model first."""
-    import ast
-    import importlib.util
-    from pathlib import Path
-
-    # parse the source instead of importing (importing the modules would load torch)
-    out = []
-    for mod, cls in (("codediff.model", "ModelConfig"), ("codediff.train", "TrainConfig")):
-        spec = importlib.util.find_spec(mod)
-        source = Path(spec.origin).read_text()
-        lines = source.splitlines()
-        tree = ast.parse(source)
-        node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
-        for stmt in node.body:
-            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                name = stmt.target.id
-                if name in SKIP:
-                    continue
-                line = lines[stmt.lineno - 1]
-                comment = line.split("#", 1)[1].strip() if "#" in line else ""
-                default = ast.unparse(stmt.value) if stmt.value is not None else ""
-                help_ = f"{comment} (default {default})" if comment else f"default {default}"
-                out.append((name, ast.unparse(stmt.annotation), cls, help_.replace("%", "%%")))
-    return out
-
-
-def _parse_bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
-
-
-def _converter(name: str, ann: str):
-    if name in TOKEN_FIELDS:
-        def tokens(text: str) -> int:
-            from codediff.train import parse_tokens
-
-            try:
-                return parse_tokens(text)
-            except UserError as e:
-                raise argparse.ArgumentTypeError(str(e)) from None
-        return tokens
-    base = ann.replace("| None", "").strip()
-    return {"int": int, "float": float, "str": str, "bool": _parse_bool}.get(base, str)
+def _preset_text(name: str, per_preset: dict[str, Any], fallback: Any) -> str:
+    """'tiny 6, small 12, coder-1.7b 28' (or one value when the presets agree)."""
+    vals = {p: per_preset.get(p, fallback) for p in PRESETS}
+    if all(v is None for v in vals.values()):
+        return ""
+    if len({str(v) for v in vals.values()}) == 1:
+        return options._show(next(iter(vals.values())))
+    return "from --preset: " + ", ".join(f"{p} {options._show(v)}" for p, v in vals.items())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", required=True, help="corpus dir made by `codediff corpus`")
-    parser.add_argument("--objective", required=True, choices=("ar", "mdm"),
-                        help="ar: next-token prediction; mdm: masked diffusion")
+    parser.add_argument("--corpus", required=True,
+                        help="corpus dir made by `codediff corpus` (required)")
+    parser.add_argument("--objective", required=True, choices=OBJECTIVES,
+                        help="ar: next-token prediction; mdm: masked diffusion (required)")
     parser.add_argument("--out", required=True,
                         help="run dir (created; an existing run dir with the same options is "
-                             "resumed)")
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "small", "coder-1.7b"),
-                        help="model size (default tiny: 6 layers, d=384)")
-    parser.add_argument("--total-tokens", type=_converter("total_tokens", "int"),
-                        help="tokens the optimiser consumes, e.g. 300M (epochs = total / unique)")
+                             "resumed) (required)")
+    parser.add_argument("--preset", default="tiny", choices=tuple(PRESETS),
+                        help="model size (default: tiny: 6 layers, d=384)")
+    parser.add_argument("--total-tokens", type=options.parse_count, default=None,
+                        help="tokens the optimiser consumes, e.g. 300M (epochs = total / "
+                             "unique); required here or in --config")
     parser.add_argument("--config", help="TOML file with [model] / [train] overrides")
     model = parser.add_argument_group("model (override the preset)")
+    texts = {}
+    for f in options.cli_fields(ModelConfig):
+        if f.metadata.get("default_text"):
+            continue
+        texts[f.name] = _preset_text(f.name, {p: getattr(c, f.name) for p, c in PRESETS.items()},
+                                     None)
+    options.add_arguments(model, ModelConfig, texts={k: v for k, v in texts.items() if v},
+                          unset=True)
     train = parser.add_argument_group("training")
-    for name, ann, cls, help_ in _field_specs():
-        group = model if cls == "ModelConfig" else train
-        flag = "--" + name.replace("_", "-")
-        if ann in ("bool", "bool | None"):
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_)
-        else:
-            group.add_argument(flag, dest=name, type=_converter(name, ann), default=None,
-                               metavar=ann.replace(" ", "").upper().replace("|NONE", ""),
-                               help=help_)
+    ttexts = {}
+    for name in {k for d in PRESET_TRAIN_DEFAULTS.values() for k in d}:
+        f = next(f for f in fields(TrainConfig) if f.name == name)
+        # a None default is computed at run time: say how
+        default = f.default if f.default is not None else f.metadata.get("default_text")
+        ttexts[name] = _preset_text(name, {p: d.get(name, default)
+                                           for p, d in PRESET_TRAIN_DEFAULTS.items()}, default)
+    options.add_arguments(train, TrainConfig, texts=ttexts, unset=True)
+
+
+def _check(cls: type, values: dict[str, Any], where: str | None) -> dict[str, Any]:
+    byname = {f.name: f for f in fields(cls)}
+    return {k: options.check_value(cls, byname[k], v,
+                                   None if where is None else f"{where}: {k}")
+            for k, v in values.items()}
 
 
 def _read_toml(path: str) -> tuple[dict, dict]:
@@ -118,13 +86,14 @@ def _read_toml(path: str) -> tuple[dict, dict]:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"--config {path}: is a folder; give a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"--config {path}: not valid TOML ({e})") from None
     model = dict(data.pop("model", {}))
     train = dict(data.pop("train", {}))
-    ModelConfig, TrainConfig = _dataclasses()
-    mnames = {f.name for f in fields(ModelConfig)}
-    tnames = {f.name for f in fields(TrainConfig)}
+    mnames = {f.name for f in options.cli_fields(ModelConfig)}
+    tnames = {f.name for f in fields(TrainConfig)} - {"objective"}
     for k, v in data.items():  # flat keys go where they belong
         if k in mnames:
             model[k] = v
@@ -138,49 +107,43 @@ def _read_toml(path: str) -> tuple[dict, dict]:
     for k in train:
         if k not in tnames:
             raise UserError(f"--config {path}: [train] has unknown key {k!r}")
-    for k in TOKEN_FIELDS & set(train):
-        from codediff.train import parse_tokens
-
-        train[k] = parse_tokens(train[k])
-    return model, train
+    return _check(ModelConfig, model, f"--config {path}"), \
+        _check(TrainConfig, train, f"--config {path}")
 
 
-def build_configs(args: argparse.Namespace):
+def build_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, set[str]]:
     """(ModelConfig, TrainConfig, explicit model keys) from preset < TOML < command line."""
-    from dataclasses import replace
-
-    from codediff.model import PRESETS
-
-    ModelConfig, TrainConfig = _dataclasses()
     model_over, train_over = _read_toml(args.config) if args.config else ({}, {})
-    mnames = {f.name for f in fields(ModelConfig)}
-    tnames = {f.name for f in fields(TrainConfig)}
-    for name in mnames | tnames:
-        v = getattr(args, name, None)
-        if v is None or name in SKIP:
-            continue
-        (model_over if name in mnames else train_over)[name] = v
+    given = options.explicit(args)
+    model_over.update(_check(ModelConfig, options.values_of(ModelConfig, args, given), None))
+    train_over.update(_check(TrainConfig, options.values_of(TrainConfig, args, given), None))
     if args.total_tokens is not None:
-        train_over["total_tokens"] = args.total_tokens
+        train_over["total_tokens"] = options.check_value(
+            TrainConfig, next(f for f in fields(TrainConfig) if f.name == "total_tokens"),
+            args.total_tokens, "--total-tokens")
     if "total_tokens" not in train_over:
         raise UserError("--total-tokens is required (e.g. --total-tokens 300M)")
-    base = PRESETS[args.preset]
     try:
-        model_cfg = replace(base, **model_over)
-        tdefaults = dict(PRESET_TRAIN_DEFAULTS.get(args.preset, {}))
-        tdefaults.update(train_over)
-        tdefaults["objective"] = args.objective
-        train_cfg = TrainConfig(**tdefaults)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"bad model or training option: {e}") from None
+        model_cfg = replace(PRESETS[args.preset], **model_over)
+    except ValueError as e:
+        raise UserError(f"model shape: {e}; change --d-model / --n-head / --n-kv-head") from None
+    tdefaults = dict(PRESET_TRAIN_DEFAULTS.get(args.preset, {}))
+    tdefaults.update(train_over)
+    tdefaults["objective"] = args.objective
+    train_cfg = TrainConfig(**tdefaults)
+    train_cfg.validate()
+    if train_cfg.seq_len is not None and train_cfg.seq_len > model_cfg.max_seq_len:
+        raise UserError(f"--seq-len {train_cfg.seq_len}: above --max-seq-len "
+                        f"{model_cfg.max_seq_len}; lower --seq-len or raise --max-seq-len")
     return model_cfg, train_cfg, set(model_over)
 
 
 def run(args: argparse.Namespace) -> int:
+    model_cfg, train_cfg, explicit = build_configs(args)
+    options.check_out(args.out, folder=True, reusable=True)  # a run dir resumes
     from codediff.data import open_corpus
     from codediff.train import train
 
-    model_cfg, train_cfg, explicit = build_configs(args)
     if "vocab_size" not in explicit:
         # size the embedding to the corpus tokenizer, padded to a multiple of 64 for the GPU
         corpus = open_corpus(args.corpus)
@@ -192,4 +155,3 @@ def run(args: argparse.Namespace) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"trained {args.objective} to {summary['steps']} steps; run dir {args.out}")
     return 0
-

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from codediff.harness import __version__ as HARNESS_VERSION
@@ -25,56 +26,64 @@ from codediff.harness.sandbox import Limits
 from codediff.harness.sanitize import names_used, sanitize
 from codediff.harness.tasks import Task, available_tasks, file_sha256, load_task
 
+from codediff import options
 from codediff.errors import UserError
 from codediff.fileio import atomic_write_text
+from codediff.options import option
 
 RESULTS_SCHEMA = "codediff.results/1"
 STATUSES = ("passed", "failed", "error", "timeout", "oom", "crash", "syntax_error")
 
 
+@dataclass
+class EvaluateOptions:
+    """`codediff evaluate`'s options (codediff.options turns them into flags)."""
+
+    task: str = option(help="benchmark task", choices=sorted(available_tasks()))
+    samples: str = option(help="samples JSONL (task_id + completion or solution per line)")
+    out: str = option(help="results dir (created; resumed if present)")
+    k: str = option("1,10,100", help="pass@k values, comma separated (those above the samples "
+                    "per task are left out)")
+    workers: int = option(0, min=0, help="parallel sandboxes (0 = all cores)")
+    data: str | None = option(None, help="task data file or folder",
+                              default_text="$CODEDIFF_DATA, then files shipped in packages")
+    format: str | None = option(None, help="prompt format the samples were made with",
+                                default_text="samples.meta.json beside the samples, else the "
+                                "task's")
+    timeout: float | None = option(None, above=0, help="seconds per sample",
+                                   default_text="the task's")
+    sanitize: bool = option(True, help="remove fences and chatter before judging "
+                            "(--no-sanitize judges the raw text as it is)")
+    memory_mb: int = option(Limits.memory_bytes >> 20, min=1,
+                            help="address-space limit per sample process, in MiB")
+    unsafe_no_sandbox: bool = option(False, negatable=False,
+                                     help="run model code without bubblewrap (only for "
+                                     "trusted samples)")
+    progress: bool = option(True, help="progress bar (on a terminal)", false_aliases=("--quiet",))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, choices=sorted(available_tasks()),
-                        help="benchmark task")
-    parser.add_argument("--samples", required=True, help="samples JSONL (task_id + completion "
-                        "or solution per line)")
-    parser.add_argument("--out", required=True, help="results dir (created; resumed if present)")
-    parser.add_argument("--k", default="1,10,100", help="pass@k values, comma separated "
-                        "(those above the samples per task are left out)")
-    parser.add_argument("--workers", type=int, default=None, help="parallel sandboxes "
-                        "(default: all cores)")
-    parser.add_argument("--data", default=None, help="task data file or folder (default: "
-                        "$CODEDIFF_DATA, then files shipped in packages)")
-    parser.add_argument("--format", default=None, help="prompt format the samples were made "
-                        "with (default: samples.meta.json beside the samples, else the task's)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per sample "
-                        "(default: the task's)")
-    parser.add_argument("--no-sanitize", action="store_true",
-                        help="judge the raw text as it is (no fence/chatter removal)")
-    parser.add_argument("--memory-mb", type=int, default=Limits.memory_bytes >> 20,
-                        help="address-space limit per sample process")
-    parser.add_argument("--unsafe-no-sandbox", action="store_true",
-                        help="run model code without bubblewrap (only for trusted samples)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    options.add_arguments(parser, EvaluateOptions)
 
 
 def run(args: argparse.Namespace) -> int:
+    o = options.from_args(EvaluateOptions, args)
     try:
-        ks = sorted({int(x) for x in str(args.k).split(",") if x.strip()})
+        ks = sorted({int(x) for x in str(o.k).split(",") if x.strip()})
     except ValueError as e:
-        raise UserError(f"--k {args.k!r}: give whole numbers like 1,10,100") from e
+        raise UserError(f"--k {o.k!r}: give whole numbers like 1,10,100") from e
     if not ks or min(ks) < 1:
-        raise UserError(f"--k {args.k!r}: every k must be at least 1")
-    if args.workers is not None and args.workers < 1:
-        raise UserError("--workers must be at least 1")
-    task = load_task(args.task, args.data)
-    samples = read_samples(args.samples, set(task.by_id()), task.name)
-    fmt = args.format or _format_from_meta(args.samples) or task.spec.default_format
+        raise UserError(f"--k {o.k!r}: every k must be at least 1")
+    options.check_out(o.out, folder=True, reusable=True)  # a results dir resumes
+    task = load_task(o.task, o.data)
+    samples = read_samples(o.samples, set(task.by_id()), task.name)
+    fmt = o.format or _format_from_meta(o.samples) or task.spec.default_format
     task.format(fmt)  # validates the name
-    results = evaluate(task, samples, out=Path(args.out), samples_path=Path(args.samples),
-                       ks=ks, workers=args.workers, fmt=fmt, timeout=args.timeout,
-                       do_sanitize=not args.no_sanitize, unsafe=args.unsafe_no_sandbox,
-                       limits=Limits(memory_bytes=args.memory_mb << 20),
-                       progress=not args.quiet and sys.stderr.isatty())
+    results = evaluate(task, samples, out=Path(o.out), samples_path=Path(o.samples),
+                       ks=ks, workers=o.workers or None, fmt=fmt, timeout=o.timeout,
+                       do_sanitize=o.sanitize, unsafe=o.unsafe_no_sandbox,
+                       limits=Limits(memory_bytes=o.memory_mb << 20),
+                       progress=o.progress and sys.stderr.isatty())
     print(summary_table(results))
     return 0
 

@@ -7,23 +7,38 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from codediff import options
 from codediff.errors import UserError
+from codediff.options import option
+
+
+@dataclass
+class ReportOptions:
+    """`codediff report`'s options (codediff.options turns them into flags)."""
+
+    results: list[str] = option(help="results dirs (codediff evaluate); LABEL=DIR sets the "
+                                "column name", factory=list, nargs="*", default_text="none")
+    runs: list[str] = option(help="run dirs (codediff train) for training curves; LABEL=DIR "
+                             "sets the legend", factory=list, nargs="*", default_text="none")
+    choices: list[str] = option(help="code-choice score files (codediff score, "
+                                "bench/crossover.py choice.json)", factory=list, nargs="*",
+                                default_text="none")
+    notes: str | None = option(None, help="a text file shown under the title")
+    out: str = option("", help="HTML file to write", required=True)
+    title: str | None = option(None, help="page title",
+                               default_text="codediff report / codediff leaderboard")
+    leaderboard: bool = option(False, negatable=False,
+                               help="a leaderboard per task instead of a comparison "
+                               "report")
+    overwrite: bool = option(False, negatable=False,
+                             help="replace an existing --out")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", nargs="*", default=[], help="results dirs (codediff "
-                        "evaluate); LABEL=DIR sets the column name")
-    parser.add_argument("--runs", nargs="*", default=[], help="run dirs (codediff train) for "
-                        "training curves; LABEL=DIR sets the legend")
-    parser.add_argument("--choices", nargs="*", default=[], help="code-choice score files "
-                        "(codediff score, bench/crossover.py choice.json)")
-    parser.add_argument("--notes", default=None, help="a text file shown under the title")
-    parser.add_argument("--out", required=True, help="HTML file to write")
-    parser.add_argument("--title", default=None)
-    parser.add_argument("--leaderboard", action="store_true",
-                        help="a leaderboard per task instead of a comparison report")
+    options.add_arguments(parser, ReportOptions)
 
 
 def _split(spec: str) -> tuple[str | None, str]:
@@ -38,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
     from codediff.reports.load import load_choice_scores, load_result, load_run
     from codediff.reports.render import render_leaderboard, render_report, write_atomic
 
+    args = options.from_args(ReportOptions, args)
     if not args.results and not args.runs and not args.choices:
         raise UserError("nothing to report: pass --results DIR..., --runs DIR... or --choices")
     if args.leaderboard and not args.results:
         raise UserError("--leaderboard needs --results DIR...")
+    options.check_out(args.out, folder=False, overwrite=args.overwrite)
     specs = list(map(_split, args.results))
     results = [load_result(p, label) for label, p in specs]
     make_unique(results, [label is not None for label, _ in specs])  # tables are keyed by label

@@ -37,14 +37,15 @@ def test_score_ar_and_mdm(tmp_path, capsys):
         ckpt = _checkpoint(tmp_path, objective)
         out = tmp_path / f"{objective}-{method}.json"
         args = ["score", "--model", str(ckpt), "--choices", str(choices), "--out", str(out),
-                "--method", method, "--samples", "8", "--device", "cpu"]
+                "--method", method, "--mc-samples", "8", "--device", "cpu"]
         assert main(args) == 0
         res = json.loads(out.read_text())
         assert res["n"] == 6 and res["method"] == method and 0 <= res["accuracy"] <= 1
         # options 0 and 3 are the same text: with coupled estimates they score the same, so
         # the ranking never prefers 3 over 0 (ties go to the first), whatever the noise
         again = tmp_path / "again.json"
-        assert main(args[:6] + [str(again)] + args[7:]) == 0
+        # the same file again (rewritten each round): replacing it takes --overwrite
+        assert main(args[:6] + [str(again)] + args[7:] + ["--overwrite"]) == 0
         assert json.loads(again.read_text())["accuracy"] == res["accuracy"]  # deterministic
     capsys.readouterr()
 
@@ -96,7 +97,7 @@ def test_score_batch_size_does_not_change_scores_and_oom_names_it(tmp_path, caps
     for bs in ("64", "5"):
         out = tmp_path / f"bs{bs}.json"
         assert main(["score", "--model", str(ckpt), "--choices", str(choices), "--out",
-                     str(out), "--method", "elbo", "--samples", "8", "--device", "cpu",
+                     str(out), "--method", "elbo", "--mc-samples", "8", "--device", "cpu",
                      "--batch-size", bs]) == 0
         outs.append(json.loads(out.read_text()))
     assert outs[0]["accuracy"] == outs[1]["accuracy"]
