@@ -97,13 +97,13 @@ def _run(out: Path) -> int:
         codediff("generate", "--model", str(out / "runs" / obj), "--task", "humaneval",
                  "--limit", "10", "--out", str(samples), "--no-progress", *extra)
         codediff("evaluate", "--task", "humaneval", "--samples", str(samples), "--out",
-                 str(out / "results" / obj), "--k", "1", "--quiet")
+                 str(out / "results" / obj), "--k", "1", "--no-progress")
 
     print("\n== 5. the report", flush=True)
     codediff("report", "--results", f"ar={out / 'results' / 'ar'}",
              f"mdm={out / 'results' / 'mdm'}", "--runs", f"ar={out / 'runs' / 'ar'}",
              f"mdm={out / 'runs' / 'mdm'}", "--title", "codediff demo: ar vs mdm on 100K tokens",
-             "--out", str(out / "report.html"))
+             "--out", str(out / "report.html"), "--overwrite")  # rebuilt on every demo
     print("\n== 6. the leaderboard site (the judge check ranks; the two models' 10-problem "
           "runs are listed below it as partial)", flush=True)
     check = out / "results" / "judge-check"
