@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 from codediff.errors import UserError, is_out_of_memory
-from codediff.fileio import atomic_write_text
-
-SCHEMA = "codediff.choice-score/1"
+from codediff.formats import CHOICE_SCORE_SCHEMA as SCHEMA
+from codediff.formats import CODECHOICE_SCHEMA, atomic_write_json, schema_major
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +47,11 @@ def read_choices(path: str | os.PathLike) -> list[dict]:
             r = json.loads(line)
         except ValueError as e:
             raise UserError(f"{path}:{i}: malformed JSON") from e
-        if r.get("schema") != "codediff.codechoice/1" or len(r.get("options", [])) < 2:
-            raise UserError(f"{path}:{i}: not a codediff.codechoice/1 row; rebuild the file")
+        if not isinstance(r, dict) or not isinstance(r.get("schema"), str):
+            raise UserError(f"{path}:{i}: not a {CODECHOICE_SCHEMA} row; rebuild the file")
+        schema_major(r, "codechoice", f"{path}:{i}", "rebuild it with `codediff codechoice`")
+        if len(r.get("options", [])) < 2:
+            raise UserError(f"{path}:{i}: not a {CODECHOICE_SCHEMA} row; rebuild the file")
         rows.append(r)
     if not rows:
         raise UserError(f"{path}: no rows")
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                         f"smaller --batch-size (e.g. {max(1, args.batch_size // 2)}); the scores "
                         "do not depend on it beyond float rounding") from None
     res.update(model=str(args.model), choices=str(args.choices))
-    atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
+    atomic_write_json(args.out, res)
     print(f"{args.model}: {100 * res['accuracy']:.1f}% ± {100 * res['stderr']:.1f} "
           f"({res['method']}, n={res['n']}, {res['skipped_too_long']} rows longer than the "
           f"window skipped, chance {100 * res['chance']:.0f}%)")

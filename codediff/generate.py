@@ -31,9 +31,14 @@ import torch
 
 from codediff import __version__
 from codediff.errors import UserError, is_out_of_memory
-from codediff.fileio import atomic_write_text
-
-SCHEMA = "codediff.samples/1"
+from codediff.formats import (
+    IDENTITIES,
+    SAMPLES_SCHEMA,
+    JsonlStore,
+    atomic_write_json,
+    identity_diff,
+    samples_meta,
+)
 
 
 @dataclass
@@ -110,32 +115,27 @@ def _partials(out: Path) -> list[Path]:
                   + glob.glob(glob.escape(str(out)) + ".partial.rank*"))
 
 
-_atomic_write = atomic_write_text
+def _partial_store(out: Path, rank: int, world: int, header: dict | None = None) -> JsonlStore:
+    """This rank's partial samples, under the identity in `<out>.partial.meta.json` (shared
+    by all ranks; formats.IDENTITIES["samples"] lists its fields)."""
+    return JsonlStore(_partial(out, rank, world), kind="samples", header_path=_partial_meta(out),
+                      header=header, noun="an unfinished run with other settings",
+                      fix="rerun with its options, or pass --overwrite")
 
 
 def _read_rows(path: Path) -> list[dict]:
     """Complete JSON lines of a partial file (a torn last line from a kill is ignored)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+    return JsonlStore(path).rows()
 
 
-def _trim_torn_tail(path: Path) -> None:
-    """Cut a partial file back to its last complete line before appending to it."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
+def _finished_differences(old: dict, ident: dict) -> list[str]:
+    """What differs between a finished sidecar (either layout) and this run's identity."""
+    old = samples_meta(old)
+    fields = [f for f in IDENTITIES["samples"] if f != "problems"]  # the sidecar counts them
+    diffs = identity_diff(old, ident, fields, ignore=("model.device",))
+    if old.get("problems") != len(ident["problems"]):
+        diffs.append(f"problems ({old.get('problems')} -> {len(ident['problems'])})")
+    return diffs
 
 
 # ----------------------------------------------------------------------------- settings
@@ -264,8 +264,9 @@ def run_generate(cfg: GenerateConfig) -> Path:
             if rank == 0:
                 print(f"{out}: already complete ({old.get('samples')} samples)", file=sys.stderr)
             return out
-        raise UserError(f"{out} exists from a run with other settings; pass --overwrite or "
-                        "choose another --out")
+        diffs = _finished_differences(old, ident) or ["made by another codediff version"]
+        raise UserError(f"{out} exists from a run with other settings ("
+                        + "; ".join(diffs[:6]) + "); pass --overwrite or choose another --out")
     pmeta = _partial_meta(out)
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)  # validated above; now we write
@@ -276,14 +277,12 @@ def run_generate(cfg: GenerateConfig) -> Path:
         if pmeta.exists():
             pmeta.unlink()
     _barrier(world)
-    if pmeta.exists():
-        started = json.loads(pmeta.read_text())
-        if started.get("fingerprint") != fingerprint:
-            raise UserError(f"{out}: an unfinished run with other settings is in the way "
-                            f"({pmeta.name}); rerun with its options, or pass --overwrite")
-    elif rank == 0:
-        _atomic_write(pmeta, json.dumps({"fingerprint": fingerprint, **ident}, indent=1,
-                                        default=str) + "\n")
+    store = _partial_store(out, rank, world, {"fingerprint": fingerprint, **ident})
+    if rank == 0 or pmeta.exists():
+        store.claim(f"{out}: {pmeta.name}")
+    _barrier(world)
+    if rank != 0:
+        store.claim(f"{out}: {pmeta.name}")  # written by rank 0 now: checks, never writes
 
     # ---- jobs
     jobs = []
@@ -297,9 +296,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
     mine = [j for j in jobs if j.problem_index % world == rank
             and (j.task_id, j.completion_id) not in done]
 
-    part = _partial(out, rank, world)
-    _trim_torn_tail(part)
-    _generate_jobs(cfg, backend, mine, stops, part, mode, show=cfg.progress and rank == 0)
+    _generate_jobs(cfg, backend, mine, stops, store, mode, show=cfg.progress and rank == 0)
 
     _barrier(world)
     if rank == 0:
@@ -309,7 +306,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
 
 
 def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: list[str],
-                   part: Path, mode: str, show: bool) -> None:
+                   store: JsonlStore, mode: str, show: bool) -> None:
     from tqdm import tqdm
 
     if not jobs:
@@ -320,7 +317,7 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
                dynamic_ncols=True)
     n_tok = 0
     n_sec = 0.0
-    with open(part, "a", encoding="utf-8") as f:
+    with store:  # a torn line from a kill is trimmed first
         for i in range(0, len(jobs), cfg.batch_size):
             batch = jobs[i: i + cfg.batch_size]
             encoded = [tok.encode(j.prompt) for j in batch]
@@ -339,7 +336,7 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
                     f"out of memory at --batch-size {cfg.batch_size} (prompts up to {longest} "
                     f"tokens); {fix}; the samples finished so far are kept and the command "
                     "resumes") from None
-            lines = []
+            rows = []
             for j, s, e, t in zip(batch, samples, encoded, truncated, strict=True):
                 row = {"task_id": j.task_id, "completion_id": j.completion_id,
                        "completion": s.completion, "raw": s.raw, "tokens": s.tokens,
@@ -350,12 +347,10 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
                     row["healed"] = s.extra["healed"]
                 if t:
                     row["prompt_truncated_to"] = budget
-                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+                rows.append(row)
                 n_tok += s.tokens
                 n_sec += s.seconds
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+            store.append(rows, ensure_ascii=False)  # flushed and fsynced per batch
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{n_tok / max(n_sec, 1e-9):.0f}")
     bar.close()
@@ -426,11 +421,11 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
         raise UserError(f"{out}: {len(missing)} samples are missing after generation (e.g. "
                         f"{missing[0]}); rerun the same command to finish them")
     ordered = [rows[(j.task_id, j.completion_id)] for j in jobs]
-    _atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+    JsonlStore(out).rewrite(ordered, ensure_ascii=False)
     tot = {k: sum(r.get(k, 0) or 0 for r in ordered)
            for k in ("nfe", "tokens", "seconds", "flops")}
     meta = {
-        "schema": SCHEMA,
+        "schema": SAMPLES_SCHEMA,
         "fingerprint": fingerprint,
         "model": ident["model"],
         "task": ident["task"],
@@ -438,7 +433,7 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
         "prompt_format": fmt.name,
         "program": fmt.program,
         "stop_sequences": stops,
-        "sampler": ident["settings"],
+        "settings": ident["settings"],
         "cuda_graphs": cfg.cuda_graphs,  # how, not what: outside the fingerprint
         "seed": cfg.seed,
         "seeding": "per sample: sha256(seed/task_id/completion_id)",
@@ -455,7 +450,7 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
         "created_by": f"codediff {__version__}",
         "torch": torch.__version__,
     }
-    _atomic_write(meta_path(out), json.dumps(meta, indent=1, default=str) + "\n")
+    atomic_write_json(meta_path(out), meta)
     for p in _partials(out):
         p.unlink()
     _partial_meta(out).unlink(missing_ok=True)
