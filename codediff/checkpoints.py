@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from codediff.errors import UserError
-from codediff.formats import CHECKPOINT_SCHEMA, checkpoint_meta, make_temp_dir, schema_major
+from codediff.formats import (
+    CHECKPOINT_SCHEMA,
+    checkpoint_meta,
+    first_schema,
+    make_temp_dir,
+    schema_major,
+)
 from codediff.model import ModelConfig, Transformer
 
 REQUIRED_META = ("objective", "mask_id", "eot_id", "pad_id", "tokens", "epochs")
@@ -101,7 +107,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
         raise UserError(f"{path}: config.json has no `codediff` block; not a codediff checkpoint")
     # a block without a schema predates the field: the first version
     schema_major(meta, "checkpoint", str(cfg_file), "pass a codediff checkpoint folder",
-                 default="codediff.checkpoint/1")
+                 default=first_schema("checkpoint"))
     return ModelConfig.from_dict(raw), checkpoint_meta(meta)
 
 

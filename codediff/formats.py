@@ -40,6 +40,11 @@ def schema(kind: str) -> str:
     return f"codediff.{kind}/{MAJORS[kind][-1]}"
 
 
+def first_schema(kind: str) -> str:
+    """The oldest schema string of `kind` (what a file from before its `schema` field is)."""
+    return f"codediff.{kind}/{MAJORS[kind][0]}"
+
+
 CORPUS_SCHEMA = schema("corpus")
 RUN_SCHEMA = schema("run")
 CHECKPOINT_SCHEMA = schema("checkpoint")

@@ -20,6 +20,7 @@ from codediff import formats
 from codediff.cli import main
 from codediff.errors import UserError
 from codediff.formats import JsonlStore
+from tests.test_generate import cli, save_native, tok  # noqa: F401 - tok is a fixture
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "reports" / "reference" / "crossover-tiny-5m"
@@ -277,3 +278,35 @@ def test_old_sidecar_and_checkpoint_layouts_are_read_in_the_new_layout():
         "epoch_tokens": 5, "tokens": 10}  # no schema: the first version
     ck2 = {"schema": formats.CHECKPOINT_SCHEMA, "epoch_tokens": 5, "unique_tokens": 6}
     assert formats.checkpoint_meta(ck2) == ck2
+
+
+# ----------------------------------------------------------------------------- generate
+
+def test_generate_refusals_name_the_differing_settings(tok, tmp_path, capsys,  # noqa: F811
+                                                      monkeypatch):
+    from codediff import generate
+
+    run = save_native(tok, tmp_path, "ar")
+    common = ["--model", run, "--task", "humaneval", "--limit", "2", "--max-new-tokens", "4"]
+    out = tmp_path / "s.jsonl"
+    assert cli(*common, "--n", "2", "--out", out) == 0
+    meta = json.loads((tmp_path / "s.meta.json").read_text())
+    assert meta["schema"] == "codediff.samples/2" and "sampler" not in meta
+    assert meta["settings"]["n"] == 2 and "sampler" not in meta["settings"]  # AR: no sampler
+    capsys.readouterr()
+    assert cli(*common, "--n", "3", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "settings.n (2 -> 3)" in err and err.count("\n") == 1
+    # an unfinished run: killed before its first batch, resumed with another temperature
+    part_out = tmp_path / "p.jsonl"
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "_run_batch", interrupted)
+    assert cli(*common, "--out", part_out) == 130
+    assert (tmp_path / "p.jsonl.partial.meta.json").is_file()
+    capsys.readouterr()
+    assert cli(*common, "--temperature", "0.5", "--out", part_out) == 2
+    err = capsys.readouterr().err
+    assert "settings.temperature (0.0 -> 0.5)" in err and "unfinished run" in err
