@@ -187,7 +187,7 @@ def results_store(out: Path, task: Task, samples_sha256: str, fmt: str, do_sanit
               "limits": vars(judge.limits), "sandbox": "none" if judge.unsafe else "bubblewrap",
               "harness_version": HARNESS_VERSION}
     return JsonlStore(out / "executions.jsonl", kind="results dir", header_path=out / "run.json",
-                      header=header, own_dir=True,
+                      header=header, own_dir=True, fsync_every_s=1.0,  # a lost verdict is redone
                       noun="results for other samples or settings",
                       fix="rerun with the options it was judged with")
 
