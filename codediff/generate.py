@@ -123,6 +123,25 @@ def _partial_store(out: Path, rank: int, world: int, header: dict | None = None)
                       fix="rerun with its options, or pass --overwrite")
 
 
+def _fingerprint(ident: dict, legacy: bool = False) -> str:
+    """sha256 of the identity, the device left out (torchrun ranks, and a resumed run, may use
+    other GPUs). `legacy`: as codediff computed it when the model's `epoch_tokens` was called
+    `unique_tokens` (samples/1)."""
+    model = {k: v for k, v in ident["model"].items() if k != "device"}
+    if legacy and "epoch_tokens" in model:
+        model["unique_tokens"] = model.pop("epoch_tokens")
+    stable = {**ident, "model": model}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def _read_rows(path: Path) -> list[dict]:
     """Complete JSON lines of a partial file (a torn last line from a kill is ignored)."""
     return JsonlStore(path).rows()
@@ -249,10 +268,9 @@ def run_generate(cfg: GenerateConfig) -> Path:
     ident = {"model": backend.describe(), "task": task.name, "dataset": task.dataset.as_dict(),
              "prompt_format": fmt.name, "problems": [p.task_id for p in problems],
              "settings": settings}
-    # the device is left out: torchrun ranks (and a resumed run) may use different GPUs
-    stable = {**ident, "model": {k: v for k, v in ident["model"].items() if k != "device"}}
-    fingerprint = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()
-                                 ).hexdigest()
+    fingerprint = _fingerprint(ident)
+    # what codediff wrote before `epoch_tokens` had its own name: the same run
+    legacy = {fingerprint, _fingerprint(ident, legacy=True)}
 
     # ---- already finished, or a different run in the way?
     if out.exists() and meta_path(out).exists() and not cfg.overwrite:
@@ -260,7 +278,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
             old = json.loads(meta_path(out).read_text())
         except json.JSONDecodeError:
             old = {}
-        if old.get("fingerprint") == fingerprint:
+        if old.get("fingerprint") in legacy:
             if rank == 0:
                 print(f"{out}: already complete ({old.get('samples')} samples)", file=sys.stderr)
             return out
@@ -277,7 +295,13 @@ def run_generate(cfg: GenerateConfig) -> Path:
         if pmeta.exists():
             pmeta.unlink()
     _barrier(world)
-    store = _partial_store(out, rank, world, {"fingerprint": fingerprint, **ident})
+    header = {"fingerprint": fingerprint, **ident}
+    adopt = pmeta.exists() and _json_or_empty(pmeta).get("fingerprint") in legacy - {fingerprint}
+    _barrier(world)
+    if adopt and rank == 0:  # an unfinished run from before the rename: same settings
+        atomic_write_json(pmeta, header)
+    _barrier(world)
+    store = _partial_store(out, rank, world, header)
     if rank == 0 or pmeta.exists():
         store.claim(f"{out}: {pmeta.name}")
     _barrier(world)

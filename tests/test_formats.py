@@ -310,3 +310,47 @@ def test_generate_refusals_name_the_differing_settings(tok, tmp_path, capsys,  #
     assert cli(*common, "--temperature", "0.5", "--out", part_out) == 2
     err = capsys.readouterr().err
     assert "settings.temperature (0.0 -> 0.5)" in err and "unfinished run" in err
+
+
+def test_generate_output_from_before_the_rename_is_still_recognised(tok, tmp_path,  # noqa: F811
+                                                                     capsys, monkeypatch):
+    """A checkpoint/1 (`unique_tokens`), an unfinished partial and a finished samples/1 sidecar
+    written before `epoch_tokens` had its name: resumed, and recognised as complete."""
+    from codediff import generate
+
+    run = save_native(tok, tmp_path, "mdm")
+    ck = run / "checkpoints" / "tokens-1000" / "config.json"
+    cfg = json.loads(ck.read_text())
+    cfg["codediff"].update(schema="codediff.checkpoint/1", unique_tokens=4096)
+    ck.write_text(json.dumps(cfg))
+    args = ["--model", run, "--task", "humaneval", "--limit", "2", "--gen-length", "8",
+            "--block-length", "8", "--out", tmp_path / "s.jsonl"]
+    real = generate._run_batch
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "_run_batch", interrupted)
+    assert cli(*args) == 130
+    pmeta = tmp_path / "s.jsonl.partial.meta.json"
+    header = json.loads(pmeta.read_text())
+    assert header["model"]["epoch_tokens"] == 4096  # read from the old name
+    ident = {k: v for k, v in header.items() if k != "fingerprint"}
+    old_model = {("unique_tokens" if k == "epoch_tokens" else k): v
+                 for k, v in header["model"].items()}
+    legacy_fp = generate._fingerprint(ident, legacy=True)
+    assert legacy_fp != header["fingerprint"]
+    pmeta.write_text(json.dumps({"fingerprint": legacy_fp, **ident, "model": old_model}))
+    monkeypatch.setattr(generate, "_run_batch", real)
+    assert cli(*args) == 0  # the old partial is adopted, not refused
+    meta_file = tmp_path / "s.meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["model"]["epoch_tokens"] == 4096 and "unique_tokens" not in meta["model"]
+    old = {**meta, "schema": "codediff.samples/1", "fingerprint": legacy_fp,
+           "model": old_model, "sampler": meta["settings"]}
+    del old["settings"]
+    meta_file.write_text(json.dumps(old))
+    capsys.readouterr()
+    assert cli(*args) == 0 and "already complete" in capsys.readouterr().err
+    assert cli(*args[:-2], "--n", "2", "--out", tmp_path / "s.jsonl") == 2
+    assert "settings.n (1 -> 2)" in capsys.readouterr().err
