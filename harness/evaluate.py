@@ -31,6 +31,7 @@ from codediff.formats import (
     RESULTS_SCHEMA,
     JsonlStore,
     atomic_write_json,
+    schema_major,
 )
 
 STATUSES = ("passed", "failed", "error", "timeout", "oom", "crash", "syntax_error")
@@ -95,7 +96,11 @@ def samples_meta(samples_path: str | os.PathLike | None) -> dict:
         out = json.loads(meta.read_text())
     except (ValueError, OSError):
         return {}
-    return out if isinstance(out, dict) else {}
+    if not isinstance(out, dict):
+        return {}
+    if str(out.get("schema", "")).startswith("codediff.samples/"):  # ours: a major we read?
+        schema_major(out, "samples", str(meta), "regenerate the samples")
+    return out
 
 
 def _format_from_meta(samples_path: str) -> str | None:

@@ -354,3 +354,14 @@ def test_generate_output_from_before_the_rename_is_still_recognised(tok, tmp_pat
     assert cli(*args) == 0 and "already complete" in capsys.readouterr().err
     assert cli(*args[:-2], "--n", "2", "--out", tmp_path / "s.jsonl") == 2
     assert "settings.n (1 -> 2)" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_sidecar_of_an_unknown_major(tmp_path, capsys):
+    f = tmp_path / "s.jsonl"
+    f.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return []\n"}) + "\n")
+    (tmp_path / "s.meta.json").write_text(json.dumps({"schema": "codediff.samples/7"}))
+    code = main(["evaluate", "--task", "humaneval", "--samples", str(f), "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "codediff.samples/7 is not supported" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
