@@ -78,15 +78,17 @@ def score(args: argparse.Namespace) -> list[dict]:
 
 
 def summarize(args: argparse.Namespace, choice: list[dict]) -> str:
+    from codediff.formats import run_record
+
     lines = [f"corpus {args.corpus}  total tokens {args.total_tokens:,}  preset {args.preset}"]
     for obj in ("ar", "mdm"):
         run = Path(args.runs) / obj
-        meta = json.loads((run / "run.json").read_text())
+        meta = run_record(json.loads((run / "run.json").read_text()))  # either run.json major
         ms = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
         vals = [m for m in ms if "val_loss" in m]
         best = min(vals, key=lambda m: m["val_loss"])
         speed = sorted(m["tokens_per_s"] for m in ms if m.get("tokens_per_s"))
-        lines.append(f"{obj}: unique {meta.get('unique_tokens'):,}  epochs {meta.get('epochs')}  "
+        lines.append(f"{obj}: tokens/epoch {meta.get('epoch_tokens'):,}  epochs {meta.get('epochs')}  "
                      f"best val {best['val_loss']:.3f} at epoch {best['epochs']:.2f}  final val "
                      f"{vals[-1]['val_loss']:.3f}  median tok/s {speed[len(speed) // 2]:,.0f}")
         lines.append("  val loss by epoch: " + "  ".join(

@@ -109,6 +109,7 @@ def main() -> int:
     from codediff.harness.tasks import load_task
 
     from codediff.backends import load_backend
+    from codediff.formats import samples_meta
     from codediff.generate import GenerateConfig, meta_path, run_generate
 
     out = Path(args.out)
@@ -142,7 +143,7 @@ def main() -> int:
             wall = time.perf_counter() - t0
         elif not f.exists():
             continue
-        meta = json.loads(meta_path(f).read_text())
+        meta = samples_meta(json.loads(meta_path(f).read_text()))  # either sidecar layout
         tot = meta["totals"]
         results[name] = {
             "tokens_per_s": tot["tokens_per_second"], "tokens": tot["tokens"],
@@ -150,7 +151,7 @@ def main() -> int:
             "tokens_per_forward": tot["tokens_per_forward"],
             "gflops_per_token": (tot["flops_per_token"] or 0) / 1e9,
             "seconds": tot["seconds"], "wall_seconds": wall, "samples": meta["samples"],
-            "settings": meta["sampler"], "device": meta["model"]["device"],
+            "settings": meta["settings"], "device": meta["model"]["device"],
         }
         print(f"{name}: {results[name]['tokens_per_s']:.0f} tok/s, "
               f"NFE {results[name]['nfe_per_sample']:.1f}", flush=True)

@@ -86,13 +86,15 @@ def make_corpus(root: Path, vocab: int, tokens: int) -> Path:
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
 
+    from codediff.formats import CORPUS_SCHEMA
+
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name, n in (("train", tokens), ("val", 1 << 16)):
         rng.integers(3, vocab, n, dtype=np.uint16).tofile(root / f"{name}.bin")
     Tokenizer(WordLevel({"<|endoftext|>": 0, "<|mask|>": 1, "<|pad|>": 2}, unk_token="<|pad|>")) \
         .save(str(root / "tokenizer.json"))
-    manifest = {"schema": "codediff.corpus/1", "dtype": "uint16",
+    manifest = {"schema": CORPUS_SCHEMA, "dtype": "uint16",
                 "tokenizer": {"vocab_size": vocab, "eot_id": 0, "mask_id": 1, "pad_id": 2},
                 "unique_tokens": tokens, "val_tokens": 1 << 16,
                 "train": {"file": "train.bin", "tokens": tokens},

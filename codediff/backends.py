@@ -235,7 +235,7 @@ class NativeBackend(Backend):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["objective"] = self.meta.get("objective")
-        for key in ("tokens", "epochs", "unique_tokens"):
+        for key in ("tokens", "epochs", "epoch_tokens", "unique_tokens"):
             if key in self.meta:
                 d[key] = self.meta[key]
         return d

@@ -11,17 +11,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from codediff.errors import UserError
-from codediff.fileio import atomic_write_text  # noqa: F401 - re-exported
+from codediff.formats import (
+    CHECKPOINT_SCHEMA,
+    checkpoint_meta,
+    first_schema,
+    make_temp_dir,
+    schema_major,
+)
 from codediff.model import ModelConfig, Transformer
 
-CHECKPOINT_SCHEMA = "codediff.checkpoint/1"
 REQUIRED_META = ("objective", "mask_id", "eot_id", "pad_id", "tokens", "epochs")
 
 
@@ -69,8 +73,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer: Any, dir: str | os.PathLi
     if missing:
         raise ValueError(f"checkpoint meta lacks {missing}")
     final = Path(dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = make_temp_dir(final)
     try:
         cfg = unwrap(model).config
         sd = full_state_dict(model) if state_dict is None else state_dict
@@ -102,11 +105,10 @@ def read_checkpoint_config(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     meta = raw.get("codediff")
     if not isinstance(meta, dict):
         raise UserError(f"{path}: config.json has no `codediff` block; not a codediff checkpoint")
-    schema = meta.get("schema", CHECKPOINT_SCHEMA)
-    if schema.split("/")[0] != "codediff.checkpoint" or schema.split("/")[-1] != "1":
-        raise UserError(f"{path}: checkpoint schema {schema!r} is not supported by this codediff "
-                        f"(expects {CHECKPOINT_SCHEMA}); upgrade codediff")
-    return ModelConfig.from_dict(raw), meta
+    # a block without a schema predates the field: the first version
+    schema_major(meta, "checkpoint", str(cfg_file), "pass a codediff checkpoint folder",
+                 default=first_schema("checkpoint"))
+    return ModelConfig.from_dict(raw), checkpoint_meta(meta)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",

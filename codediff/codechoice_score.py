@@ -20,10 +20,9 @@ from pathlib import Path
 
 from codediff import options
 from codediff.errors import UserError, is_out_of_memory
-from codediff.fileio import atomic_write_text
+from codediff.formats import CHOICE_SCORE_SCHEMA as SCHEMA
+from codediff.formats import CODECHOICE_SCHEMA, atomic_write_json, schema_major
 from codediff.options import option
-
-SCHEMA = "codediff.choice-score/1"
 
 
 @dataclass
@@ -63,8 +62,11 @@ def read_choices(path: str | os.PathLike) -> list[dict]:
             r = json.loads(line)
         except ValueError as e:
             raise UserError(f"{path}:{i}: malformed JSON") from e
-        if r.get("schema") != "codediff.codechoice/1" or len(r.get("options", [])) < 2:
-            raise UserError(f"{path}:{i}: not a codediff.codechoice/1 row; rebuild the file")
+        if not isinstance(r, dict) or not isinstance(r.get("schema"), str):
+            raise UserError(f"{path}:{i}: not a {CODECHOICE_SCHEMA} row; rebuild the file")
+        schema_major(r, "codechoice", f"{path}:{i}", "rebuild it with `codediff codechoice`")
+        if len(r.get("options", [])) < 2:
+            raise UserError(f"{path}:{i}: not a {CODECHOICE_SCHEMA} row; rebuild the file")
         rows.append(r)
     if not rows:
         raise UserError(f"{path}: no rows")
@@ -150,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                         f"smaller --batch-size (e.g. {max(1, o.batch_size // 2)}); the scores "
                         "do not depend on it beyond float rounding") from None
     res.update(model=str(o.model), choices=str(o.choices))
-    atomic_write_text(o.out, json.dumps(res, indent=1) + "\n")
+    atomic_write_json(o.out, res)
     print(f"{o.model}: {100 * res['accuracy']:.1f}% ± {100 * res['stderr']:.1f} "
           f"({res['method']}, n={res['n']}, {res['skipped_too_long']} rows longer than the "
           f"window skipped, chance {100 * res['chance']:.0f}%)")

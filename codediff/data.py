@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from codediff.errors import UserError
+from codediff.formats import schema_major
 
-CORPUS_SCHEMA = "codediff.corpus/1"
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
 
@@ -83,13 +83,7 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{mpath}: not valid JSON ({e}); rebuild the corpus") from None
-    schema = manifest.get("schema") if isinstance(manifest, dict) else None
-    if not isinstance(schema, str) or not schema.startswith("codediff.corpus/"):
-        raise UserError(f"--corpus {path}: manifest schema is {schema!r}, not a codediff corpus "
-                        f"({CORPUS_SCHEMA}); build one with `codediff corpus`")
-    if schema != CORPUS_SCHEMA:
-        raise UserError(f"--corpus {path}: manifest schema {schema} is not supported by this "
-                        f"codediff (expects {CORPUS_SCHEMA}); upgrade codediff")
+    schema_major(manifest, "corpus", f"--corpus {path}", "build one with `codediff corpus`")
     dtype_name = manifest.get("dtype", "uint16")
     if dtype_name not in DTYPES:
         raise UserError(f"{mpath}: dtype {dtype_name!r} is not one of {', '.join(DTYPES)}")

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 # The model code written next to the weights: real files in hf_export/ (self-contained, torch +
@@ -35,6 +34,7 @@ def export_llada(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
     from codediff.backends import resolve_checkpoint
     from codediff.checkpoints import read_checkpoint_config
     from codediff.errors import UserError
+    from codediff.formats import make_temp_dir
 
     src = resolve_checkpoint(checkpoint)
     cfg, meta = read_checkpoint_config(src)
@@ -44,8 +44,7 @@ def export_llada(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
     final = Path(out)
     if final.exists() and any(final.iterdir()) and not overwrite:
         raise UserError(f"{final} exists and is not empty; pass --overwrite or another folder")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = make_temp_dir(final)  # the folder gets the umask's mode, not mkdtemp's 0700
     try:
         config = cfg.to_dict()
         config.pop("dropout", None)

@@ -32,14 +32,19 @@ import torch
 from codediff import __version__
 from codediff.config import GenerateConfig
 from codediff.errors import UserError, is_out_of_memory
-from codediff.fileio import atomic_write_text
+from codediff.formats import (
+    IDENTITIES,
+    SAMPLES_SCHEMA,
+    JsonlStore,
+    atomic_write_json,
+    identity_diff,
+    samples_meta,
+)
 
 if TYPE_CHECKING:
     from codediff.backends import Backend
     from codediff.sampling.common import Sample
     from codediff.sampling.dlm import DLMSettings
-
-SCHEMA = "codediff.samples/1"
 
 
 @dataclass
@@ -71,32 +76,48 @@ def _partials(out: Path) -> list[Path]:
                   + glob.glob(glob.escape(str(out)) + ".partial.rank*"))
 
 
-_atomic_write = atomic_write_text
+def _partial_store(out: Path, rank: int, world: int, header: dict | None = None) -> JsonlStore:
+    """This rank's partial samples, under the identity in `<out>.partial.meta.json` (shared
+    by all ranks; formats.IDENTITIES["samples"] lists its fields)."""
+    return JsonlStore(_partial(out, rank, world), kind="samples", header_path=_partial_meta(out),
+                      header=header, noun="an unfinished run with other settings",
+                      fix="rerun with its options, or pass --overwrite")
+
+
+def _fingerprint(ident: dict, legacy: bool = False) -> str:
+    """sha256 of the identity, the device left out (torchrun ranks, and a resumed run, may use
+    other GPUs) and the training corpus's U. `legacy`: as codediff computed it when the model's `epoch_tokens` was called
+    `unique_tokens` (samples/1)."""
+    # the corpus's U (checkpoint/2) is left out too: a fact about the training data that the
+    # checkpoint already fixes, added after outputs with this fingerprint existed
+    model = {k: v for k, v in ident["model"].items() if k not in ("device", "unique_tokens")}
+    if legacy and "epoch_tokens" in model:
+        model["unique_tokens"] = model.pop("epoch_tokens")
+    stable = {**ident, "model": model}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _read_rows(path: Path) -> list[dict]:
     """Complete JSON lines of a partial file (a torn last line from a kill is ignored)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+    return JsonlStore(path).rows()
 
 
-def _trim_torn_tail(path: Path) -> None:
-    """Cut a partial file back to its last complete line before appending to it."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
+def _finished_differences(old: dict, ident: dict) -> list[str]:
+    """What differs between a finished sidecar (either layout) and this run's identity."""
+    old = samples_meta(old)
+    fields = [f for f in IDENTITIES["samples"] if f != "problems"]  # the sidecar counts them
+    diffs = identity_diff(old, ident, fields, ignore=("model.device",))
+    if old.get("problems") != len(ident["problems"]):
+        diffs.append(f"problems ({old.get('problems')} -> {len(ident['problems'])})")
+    return diffs
 
 
 # ----------------------------------------------------------------------------- settings
@@ -201,10 +222,9 @@ def run_generate(cfg: GenerateConfig) -> Path:
     ident = {"model": backend.describe(), "task": task.name, "dataset": task.dataset.as_dict(),
              "prompt_format": fmt.name, "problems": [p.task_id for p in problems],
              "settings": settings}
-    # the device is left out: torchrun ranks (and a resumed run) may use different GPUs
-    stable = {**ident, "model": {k: v for k, v in ident["model"].items() if k != "device"}}
-    fingerprint = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()
-                                 ).hexdigest()
+    fingerprint = _fingerprint(ident)
+    # what codediff wrote before `epoch_tokens` had its own name: the same run
+    legacy = {fingerprint, _fingerprint(ident, legacy=True)}
 
     # ---- already finished, or a different run in the way?
     if out.exists() and meta_path(out).exists() and not cfg.overwrite:
@@ -212,12 +232,13 @@ def run_generate(cfg: GenerateConfig) -> Path:
             old = json.loads(meta_path(out).read_text())
         except json.JSONDecodeError:
             old = {}
-        if old.get("fingerprint") == fingerprint:
+        if old.get("fingerprint") in legacy:
             if rank == 0:
                 print(f"{out}: already complete ({old.get('samples')} samples)", file=sys.stderr)
             return out
-        raise UserError(f"{out} exists from a run with other settings; pass --overwrite or "
-                        "choose another --out")
+        diffs = _finished_differences(old, ident) or ["made by another codediff version"]
+        raise UserError(f"{out} exists from a run with other settings ("
+                        + "; ".join(diffs[:6]) + "); pass --overwrite or choose another --out")
     pmeta = _partial_meta(out)
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)  # validated above; now we write
@@ -228,14 +249,18 @@ def run_generate(cfg: GenerateConfig) -> Path:
         if pmeta.exists():
             pmeta.unlink()
     _barrier(world)
-    if pmeta.exists():
-        started = json.loads(pmeta.read_text())
-        if started.get("fingerprint") != fingerprint:
-            raise UserError(f"{out}: an unfinished run with other settings is in the way "
-                            f"({pmeta.name}); rerun with its options, or pass --overwrite")
-    elif rank == 0:
-        _atomic_write(pmeta, json.dumps({"fingerprint": fingerprint, **ident}, indent=1,
-                                        default=str) + "\n")
+    header = {"fingerprint": fingerprint, **ident}
+    adopt = pmeta.exists() and _json_or_empty(pmeta).get("fingerprint") in legacy - {fingerprint}
+    _barrier(world)
+    if adopt and rank == 0:  # an unfinished run from before the rename: same settings
+        atomic_write_json(pmeta, header)
+    _barrier(world)
+    store = _partial_store(out, rank, world, header)
+    if rank == 0 or pmeta.exists():
+        store.claim(f"{out}: {pmeta.name}")
+    _barrier(world)
+    if rank != 0:
+        store.claim(f"{out}: {pmeta.name}")  # written by rank 0 now: checks, never writes
 
     # ---- jobs
     jobs = []
@@ -249,9 +274,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
     mine = [j for j in jobs if j.problem_index % world == rank
             and (j.task_id, j.completion_id) not in done]
 
-    part = _partial(out, rank, world)
-    _trim_torn_tail(part)
-    _generate_jobs(cfg, backend, mine, stops, part, mode, show=cfg.progress and rank == 0)
+    _generate_jobs(cfg, backend, mine, stops, store, mode, show=cfg.progress and rank == 0)
 
     _barrier(world)
     if rank == 0:
@@ -261,7 +284,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
 
 
 def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: list[str],
-                   part: Path, mode: str, show: bool) -> None:
+                   store: JsonlStore, mode: str, show: bool) -> None:
     from tqdm import tqdm
 
     if not jobs:
@@ -272,7 +295,7 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
                dynamic_ncols=True)
     n_tok = 0
     n_sec = 0.0
-    with open(part, "a", encoding="utf-8") as f:
+    with store:  # a torn line from a kill is trimmed first
         for i in range(0, len(jobs), cfg.batch_size):
             batch = jobs[i: i + cfg.batch_size]
             encoded = [tok.encode(j.prompt) for j in batch]
@@ -291,7 +314,7 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
                     f"out of memory at --batch-size {cfg.batch_size} (prompts up to {longest} "
                     f"tokens); {fix}; the samples finished so far are kept and the command "
                     "resumes") from None
-            lines = []
+            rows = []
             for j, s, e, t in zip(batch, samples, encoded, truncated, strict=True):
                 row = {"task_id": j.task_id, "completion_id": j.completion_id,
                        "completion": s.completion, "raw": s.raw, "tokens": s.tokens,
@@ -302,12 +325,10 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
                     row["healed"] = s.extra["healed"]
                 if t:
                     row["prompt_truncated_to"] = budget
-                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+                rows.append(row)
                 n_tok += s.tokens
                 n_sec += s.seconds
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+            store.append(rows, ensure_ascii=False)  # flushed and fsynced per batch
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{n_tok / max(n_sec, 1e-9):.0f}")
     bar.close()
@@ -392,11 +413,11 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
         raise UserError(f"{out}: {len(missing)} samples are missing after generation (e.g. "
                         f"{missing[0]}); rerun the same command to finish them")
     ordered = [rows[(j.task_id, j.completion_id)] for j in jobs]
-    _atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+    JsonlStore(out).rewrite(ordered, ensure_ascii=False)
     tot = {k: sum(r.get(k, 0) or 0 for r in ordered)
            for k in ("nfe", "tokens", "seconds", "flops")}
     meta = {
-        "schema": SCHEMA,
+        "schema": SAMPLES_SCHEMA,
         "fingerprint": fingerprint,
         # all parameters, as run.json counts them (the fingerprint's model record has the count
         # without embedding and head that the FLOPs estimate uses)
@@ -406,7 +427,7 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
         "prompt_format": fmt.name,
         "program": fmt.program,
         "stop_sequences": stops,
-        "sampler": ident["settings"],
+        "settings": ident["settings"],
         # how, not what: outside the fingerprint; whether the steps ran as CUDA graphs
         "cuda_graphs": _graphs_used(cfg, backend, ident["settings"]["mode"]),
         "seed": cfg.seed,
@@ -424,7 +445,7 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
         "created_by": f"codediff {__version__}",
         "torch": torch.__version__,
     }
-    _atomic_write(meta_path(out), json.dumps(meta, indent=1, default=str) + "\n")
+    atomic_write_json(meta_path(out), meta)
     for p in _partials(out):
         p.unlink()
     _partial_meta(out).unlink(missing_ok=True)

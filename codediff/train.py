@@ -28,10 +28,11 @@ import torch
 import torch.distributed as dist
 
 from codediff import __version__
-from codediff.checkpoints import atomic_write_text, save_checkpoint
+from codediff.checkpoints import save_checkpoint
 from codediff.config import ATTENTION_BACKENDS, SCHEDULES, ModelConfig, TrainConfig  # noqa: F401
 from codediff.data import Corpus, TrainStream, open_corpus, val_windows
 from codediff.errors import UserError, is_out_of_memory
+from codediff.formats import RUN_SCHEMA, JsonlStore, identity_diff
 from codediff.model import Transformer, attention_without_cudnn
 from codediff.objectives import (
     ObjectiveConfig,
@@ -43,7 +44,6 @@ from codediff.objectives import (
 )
 from codediff.options import parse_count
 
-RUN_SCHEMA = "codediff.run/1"
 # options that may change between a run and its resumption (they do not change the weights)
 RESUMABLE_CHANGES = {"compile", "compile_mode", "attention", "log_every", "save_every_s",
                      "save_every_steps", "progress", "micro_batch", "dist",
@@ -145,17 +145,10 @@ def parse_tokens(text: str | int) -> int:
 
 # ----------------------------------------------------------------------------- run dir
 
-def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for k in sorted(set(old) | set(new)):
-        if k in RESUMABLE_CHANGES:
-            continue
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _config_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            diffs.append(f"{prefix}{k} ({a} -> {b})")
-    return diffs
+def _config_diff(old: dict, new: dict) -> list[str]:
+    """The run-identity differences between two run.json records (see run_store)."""
+    return identity_diff(old, new, sorted(set(old) | set(new)),
+                         ignore=[f"train.{k}" for k in RESUMABLE_CHANGES])
 
 
 def read_state_meta(out: Path) -> dict | None:
@@ -197,7 +190,8 @@ class Trainer:
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else \
             max(1, min(2000, self.steps // 20))
         self.stream = TrainStream(c.train, self.seq_len, cfg.seed)
-        self.unique_tokens = self.stream.sequences_per_epoch * self.seq_len
+        # one pass over the packed windows: about the corpus's U (`unique_tokens`), not equal
+        self.epoch_tokens = self.stream.sequences_per_epoch * self.seq_len
         first = cfg.first_eval_tokens or cfg.total_tokens // 1000
         first_step = max(1, first // self.tokens_per_step)
         self.eval_steps = set(log_spaced_steps(first_step, self.steps, cfg.eval_points))
@@ -231,35 +225,27 @@ class Trainer:
             "model": self.model_cfg.to_dict(), "train": asdict(self.cfg),
             "corpus": {"path": str(c.path.resolve()), "manifest_sha256": c.manifest_sha256,
                        "vocab_size": c.vocab_size, "eot_id": c.eot_id, "mask_id": c.mask_id,
-                       "pad_id": c.pad_id},
+                       "pad_id": c.pad_id, "unique_tokens": c.unique_tokens},
             "seq_len": self.seq_len, "steps": self.steps, "tokens_per_step": self.tokens_per_step,
-            "unique_tokens": self.unique_tokens,
+            "epoch_tokens": self.epoch_tokens,
             "total_tokens": self.steps * self.tokens_per_step,
-            "epochs": self.steps * self.tokens_per_step / self.unique_tokens,
+            "epochs": self.steps * self.tokens_per_step / self.epoch_tokens,
             "params": self.model_cfg.num_params(),
             "world_size": self.d.world, "micro_batch": self.micro_batch, "accum": self.accum,
             "created_by": f"codediff {__version__}",
         }
 
+    def run_store(self, record: dict) -> JsonlStore:
+        """The run dir as a resumable store: metrics.jsonl rows under run.json, whose identity
+        fields (formats.IDENTITIES["run dir"]) a resumed run must repeat, except the options
+        that do not change the weights (RESUMABLE_CHANGES)."""
+        return JsonlStore(self.out / "metrics.jsonl", kind="run dir",
+                          header_path=self.out / "run.json", header=record,
+                          ignore=[f"train.{k}" for k in RESUMABLE_CHANGES], own_dir=True,
+                          noun="a run with other settings", fix="resume with the same options")
+
     def _check_out_dir(self, record: dict) -> None:
-        run_json = self.out / "run.json"
-        if self.out.exists() and not run_json.exists() and any(self.out.iterdir()):
-            raise UserError(f"--out {self.out}: folder exists and is not a codediff run dir; "
-                            "choose a new --out")
-        if run_json.exists():
-            old = json.loads(run_json.read_text())
-            if old.get("schema") != RUN_SCHEMA:
-                raise UserError(f"--out {self.out}: run.json schema {old.get('schema')!r} is not "
-                                f"{RUN_SCHEMA}; choose a new --out")
-            keep = ("objective", "model", "train", "seq_len", "steps")
-            diffs = _config_diff({k: old.get(k) for k in keep}, {k: record[k] for k in keep})
-            if old.get("corpus", {}).get("manifest_sha256") != \
-                    record["corpus"]["manifest_sha256"]:
-                diffs.append("corpus (a different manifest.json)")
-            if diffs:
-                raise UserError(f"--out {self.out} holds a run with other settings ("
-                                + "; ".join(diffs[:4]) + "); resume with the same options "
-                                "or choose a new --out")
+        self.run_store(record).check(f"--out {self.out}")
 
     def build(self) -> None:
         cfg, d = self.cfg, self.d
@@ -353,19 +339,16 @@ class Trainer:
         return int(meta["step"])
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the state we resume from (they will be redone)."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
+        """Drop log lines written after the state we resume from (they will be redone), and a
+        line torn by a kill."""
+        if not self.metrics.path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+        self.metrics.rewrite(r for r in self.metrics.rows() if r.get("step", 0) <= step)
 
     def log(self, record: dict) -> None:
         if not self.d.main:
             return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.metrics.append([record])  # flushed and fsynced
 
     # --------------------------------------------------------------- pieces
 
@@ -476,8 +459,9 @@ class Trainer:
             return None
         c = self.corpus
         meta = {"objective": self.cfg.objective, "mask_id": c.mask_id, "eot_id": c.eot_id,
-                "pad_id": c.pad_id, "tokens": tokens, "epochs": tokens / self.unique_tokens,
-                "unique_tokens": self.unique_tokens, "step": step,
+                "pad_id": c.pad_id, "tokens": tokens, "epochs": tokens / self.epoch_tokens,
+                "epoch_tokens": self.epoch_tokens, "unique_tokens": c.unique_tokens,
+                "step": step,
                 "corpus_manifest_sha256": c.manifest_sha256}
         return save_checkpoint(self.model, c.tokenizer_path,
                                self.out / "checkpoints" / f"tokens-{tokens}", meta,
@@ -496,6 +480,7 @@ class Trainer:
     def fit(self) -> dict:
         cfg, d = self.cfg, self.d
         record = self.run_record()
+        self.metrics = self.run_store(record)
         if d.main:
             self._check_out_dir(record)
         d.barrier()
@@ -507,8 +492,7 @@ class Trainer:
         start = self.load_state() if read_state_meta(self.out) else 0
         if d.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            if not (self.out / "run.json").exists():
-                atomic_write_text(self.out / "run.json", json.dumps(record, indent=2) + "\n")
+            self.metrics.claim(f"--out {self.out}")  # writes run.json on the first run
             self._truncate_metrics(start)
         if start >= self.steps:
             if d.main:
@@ -564,7 +548,7 @@ class Trainer:
                 now = time.perf_counter()
                 tok_s = (done - step_mark) * self.tokens_per_step / max(now - t_mark, 1e-9)
                 rec = {"tokens": done * self.tokens_per_step,
-                       "epochs": round(done * self.tokens_per_step / self.unique_tokens, 6),
+                       "epochs": round(done * self.tokens_per_step / self.epoch_tokens, 6),
                        "step": done, "train_loss": loss, "lr": lr,
                        "tokens_per_s": round(tok_s, 1),
                        "mfu": round(tok_s * flops_tok / peak, 4)}
@@ -587,6 +571,7 @@ class Trainer:
                 if cfg.stop_after_steps and ran >= cfg.stop_after_steps and done < self.steps:
                     return {"steps": done, "resumed_from": start, "done": False}
         finally:
+            self.metrics.close()
             if bar is not None:
                 bar.close()
         return {"steps": self.steps, "resumed_from": start, "done": True,

@@ -24,9 +24,8 @@ from pathlib import Path
 from codediff.harness.judge import Job, Judge
 from codediff.harness.tasks import Problem, Task, load_task
 
-from codediff.fileio import atomic_write_text
-
-SCHEMA = "codediff.codechoice/1"
+from codediff.formats import CODECHOICE_SCHEMA as SCHEMA
+from codediff.formats import atomic_write_text
 
 _CMP_SWAP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
              ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In,

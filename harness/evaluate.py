@@ -28,10 +28,15 @@ from codediff.harness.tasks import Task, available_tasks, file_sha256, load_task
 
 from codediff import options
 from codediff.errors import UserError
-from codediff.fileio import atomic_write_text
+from codediff.formats import (
+    RESULTS_RUN_SCHEMA,
+    RESULTS_SCHEMA,
+    JsonlStore,
+    atomic_write_json,
+    schema_major,
+)
 from codediff.options import option
 
-RESULTS_SCHEMA = "codediff.results/1"
 STATUSES = ("passed", "failed", "error", "timeout", "oom", "crash", "syntax_error")
 
 
@@ -89,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def samples_meta(samples_path: str | os.PathLike | None) -> dict:
-    """The generation sidecar (`samples.meta.json`) beside a samples file, or {}."""
+    """The generation sidecar (`samples.meta.json`) beside a samples file, or {}; copied as it
+    is into results.json (`formats.samples_meta` reads either layout)."""
     if samples_path is None:
         return {}
     meta = Path(samples_path).with_suffix(".meta.json")
@@ -99,7 +105,11 @@ def samples_meta(samples_path: str | os.PathLike | None) -> dict:
         out = json.loads(meta.read_text())
     except (ValueError, OSError):
         return {}
-    return out if isinstance(out, dict) else {}
+    if not isinstance(out, dict):
+        return {}
+    if str(out.get("schema", "")).startswith("codediff.samples/"):  # ours: a major we read?
+        schema_major(out, "samples", str(meta), "regenerate the samples")
+    return out
 
 
 def _format_from_meta(samples_path: str) -> str | None:
@@ -126,10 +136,10 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
     fmt = fmt or task.spec.default_format
     t0 = time.time()
     samples_sha = file_sha256(samples_path) if samples_path else ""
-    identity = {"task": task.name, "dataset_sha256": task.dataset.sha256,
-                "samples_sha256": samples_sha, "prompt_format": fmt, "sanitize": do_sanitize}
     judge = Judge(task, workers=workers, limits=limits, unsafe=unsafe, timeout=timeout)
-    done = _open_store(out, identity)
+    store = results_store(out, task, samples_sha, fmt, do_sanitize, judge)
+    store.claim(f"--out {out}")
+    done = {f"{row['task_id']}#{row['completion_id']}": row for row in store.rows()}
     judge.prepare(progress=progress)
     by_key = {f"{s.task_id}#{s.completion_id}": s for s in samples}
     todo = [key for key in by_key if key not in done]
@@ -149,7 +159,7 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
 
     bar = tqdm(total=len(by_key), initial=len(by_key) - len(todo), desc=f"judging {task.name}",
                unit="sample", disable=not progress)
-    with open(out / "executions.jsonl", "a", encoding="utf-8") as log:
+    with store:
         for job, verdict in judge.run(jobs()):
             s = by_key[job.key]
             program, notes = programs[job.key]
@@ -160,8 +170,7 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
                 row["base_status"] = verdict["base_status"]
                 row["plus_status"] = verdict["plus_status"]
             row.update(sanitizer=notes, program=program, raw=s.raw)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+            store.append([row])
             done[job.key] = row
             bar.update(1)
     bar.close()
@@ -177,34 +186,24 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
         dataset_notes=judge.notes,
         wall_seconds=round(time.time() - t0, 3),
     )
-    _write_json_atomic(out / "results.json", results)
+    atomic_write_json(out / "results.json", results)
     return results
 
 
-def _open_store(out: Path, identity: dict) -> dict[str, dict]:
-    """Create or resume a results dir; return the verdicts already on disk."""
-    out.mkdir(parents=True, exist_ok=True)
-    ident_path = out / "run.json"
-    if ident_path.is_file():
-        old = json.loads(ident_path.read_text())
-        if {k: old.get(k) for k in identity} != identity:
-            raise UserError(f"--out {out} holds results for other samples or settings; "
-                            "choose a new --out or delete that folder")
-    else:
-        _write_json_atomic(ident_path, {"schema": "codediff.results-run/1", **identity})
-    done: dict[str, dict] = {}
-    log = out / "executions.jsonl"
-    if log.is_file():
-        raw = log.read_bytes()
-        good_end = raw.rfind(b"\n") + 1  # a line cut by a kill is dropped and re-judged
-        if good_end < len(raw):
-            with open(log, "r+b") as f:
-                f.truncate(good_end)
-        for line in raw[:good_end].decode("utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[f"{row['task_id']}#{row['completion_id']}"] = row
-    return done
+def results_store(out: Path, task: Task, samples_sha256: str, fmt: str, do_sanitize: bool,
+                  judge: Judge) -> JsonlStore:
+    """The results dir as a resumable store: `executions.jsonl` rows under `run.json`, which
+    holds everything that can change a verdict (formats.IDENTITIES["results dir"]), so a resume
+    with another time or memory limit, sandbox, sanitiser or harness is refused."""
+    header = {"schema": RESULTS_RUN_SCHEMA, "task": task.name,
+              "dataset_sha256": task.dataset.sha256, "samples_sha256": samples_sha256,
+              "prompt_format": fmt, "sanitize": do_sanitize, "timeout": judge.timeout,
+              "limits": vars(judge.limits), "sandbox": "none" if judge.unsafe else "bubblewrap",
+              "harness_version": HARNESS_VERSION}
+    return JsonlStore(out / "executions.jsonl", kind="results dir", header_path=out / "run.json",
+                      header=header, own_dir=True, fsync_every_s=1.0,  # a lost verdict is redone
+                      noun="results for other samples or settings",
+                      fix="rerun with the options it was judged with")
 
 
 def _aggregate(task: Task, samples: list[Sample], rows: dict[str, dict], ks: list[int]) -> dict:
@@ -253,10 +252,6 @@ def _aggregate(task: Task, samples: list[Sample], rows: dict[str, dict], ks: lis
         "status_counts": breakdown,
         "per_task": per_task,
     }
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def summary_table(r: dict) -> str:

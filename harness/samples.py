@@ -66,6 +66,9 @@ def read_samples(path: str | os.PathLike, known_ids: set[str], task_name: str) -
         if comp is None and sol is None:
             raise UserError(f"{path}:{lineno}: missing field completion (text after the prompt) "
                             "or solution (a whole program)")
+        if comp is not None and sol is not None:
+            raise UserError(f"{path}:{lineno}: has both completion and solution; keep exactly "
+                            "one (completion: text after the prompt; solution: a whole program)")
         for name, val in (("completion", comp), ("solution", sol)):
             if val is not None and not isinstance(val, str):
                 raise UserError(f"{path}:{lineno}: field {name} must be a string")

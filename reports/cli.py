@@ -51,7 +51,9 @@ def _split(spec: str) -> tuple[str | None, str]:
 def run(args: argparse.Namespace) -> int:
     from codediff.reports.labels import make_unique
     from codediff.reports.load import load_choice_scores, load_result, load_run
-    from codediff.reports.render import render_leaderboard, render_report, write_atomic
+    from codediff.reports.render import render_leaderboard, render_report
+
+    from codediff.formats import atomic_write_text
 
     args = options.from_args(ReportOptions, args)
     if not args.results and not args.runs and not args.choices:
@@ -74,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
         html = render_leaderboard(results, args.title or "codediff leaderboard")
     else:
         html = render_report(results, runs, args.title or "codediff report", choices, notes)
-    write_atomic(out, html)
+    atomic_write_text(out, html)
     print(f"wrote {out} ({len(results)} results, {len(runs)} runs)")
     return 0

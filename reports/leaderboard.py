@@ -30,6 +30,7 @@ from codediff.reports.stats import CI_METHOD, Z95
 from codediff.reports.svg import pareto_front, scatter_chart
 
 from codediff.errors import UserError
+from codediff.formats import CHOICE_SCORE_SCHEMA, unique_tokens_of
 
 INDEX_SCHEMA = "codediff.leaderboard/1"
 
@@ -108,7 +109,7 @@ def _is_choice_file(f: Path) -> bool:
     except (ValueError, OSError):
         return False
     first = data[0] if isinstance(data, list) and data else data
-    return isinstance(first, dict) and first.get("schema") == "codediff.choice-score/1"
+    return isinstance(first, dict) and first.get("schema") == CHOICE_SCORE_SCHEMA
 
 
 # ---------------------------------------------------------------- the boards
@@ -187,7 +188,7 @@ def _choice_board(scores: list[dict], runs: list[Run], links: bool) -> dict:
                 "method": s.get("method"), "samples": s.get("samples"), "n": s.get("n"),
                 "objective": s.get("objective"), "tokens": s.get("tokens"),
                 "epochs": s.get("epochs"),
-                "unique_tokens": run.config.get("unique_tokens") if run else None,
+                "unique_tokens": unique_tokens_of(run.config) if run else None,
                 "chance": s.get("chance")})
     rows.sort(key=lambda r: -r["accuracy"])
     for i, r in enumerate(rows, 1):
@@ -281,7 +282,9 @@ def _runs_of(r: Result) -> list[Run]:
 def build_site(specs: list[tuple[str | None, str]], out: Path, title: str) -> dict:
     """Validate every input, then write the site; returns the board context."""
     from codediff.reports.labels import make_unique
-    from codediff.reports.render import _env, report_context, write_atomic
+    from codediff.reports.render import _env, report_context
+
+    from codediff.formats import atomic_write_text as write_atomic
 
     got = collect(specs)
     results = [r for r, _ in got.results]

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codediff.errors import UserError
-
-RESULTS_MAJOR = "codediff.results/1"
+from codediff.formats import JsonlStore, read_json, run_record, samples_meta, schema_major
 
 
 @dataclass
@@ -23,16 +22,22 @@ class Result:
         return self.data["task"]
 
     @property
+    def generation(self) -> dict:
+        """The samples sidecar copied into results.json, in the current layout."""
+        return samples_meta(self.data.get("generation") or {})
+
+    @property
     def model(self) -> dict:
-        return (self.data.get("generation") or {}).get("model") or {}
+        return self.generation.get("model") or {}
 
     @property
     def sampler(self) -> dict:
-        return (self.data.get("generation") or {}).get("sampler") or {}
+        """The sampling settings (the sidecar's `settings`)."""
+        return self.generation.get("settings") or {}
 
     @property
     def totals(self) -> dict:
-        return (self.data.get("generation") or {}).get("totals") or {}
+        return self.generation.get("totals") or {}
 
 
 @dataclass
@@ -49,18 +54,12 @@ def load_result(path: str | Path, label: str | None = None) -> Result:
     f = p / "results.json" if p.is_dir() else p
     if not f.is_file():
         raise UserError(f"{path}: no results.json; pass a folder written by `codediff evaluate`")
-    try:
-        data = json.loads(f.read_text())
-    except ValueError as e:
-        raise UserError(f"{f}: not valid JSON ({e}); rerun `codediff evaluate`") from e
-    if data.get("schema") != RESULTS_MAJOR:
-        raise UserError(f"{f}: schema {data.get('schema')!r} is not {RESULTS_MAJOR}; "
-                        "regenerate it with this codediff version")
+    data, _ = read_json(f, "results", "rerun `codediff evaluate`")
     return Result(f.parent, data, label or _default_label(f.parent, data))
 
 
 def _default_label(folder: Path, data: dict) -> str:
-    model = (data.get("generation") or {}).get("model") or {}
+    model = samples_meta(data.get("generation") or {}).get("model") or {}
     name = folder.name
     if model.get("path"):
         mp = Path(str(model["path"]))
@@ -75,22 +74,17 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     metrics_file = p / "metrics.jsonl"
     if not metrics_file.is_file():
         raise UserError(f"{path}: no metrics.jsonl; pass a run folder written by `codediff train`")
-    metrics = []
-    for i, line in enumerate(metrics_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            metrics.append(json.loads(line))
-        except ValueError:
-            if i == len(metrics_file.read_text().splitlines()):
-                break  # a last line cut by a kill
-            raise UserError(f"{metrics_file}:{i}: malformed JSON") from None
+    metrics = JsonlStore(metrics_file).rows()  # a last line cut by a kill is left out
     config: dict = {}
     if (p / "run.json").is_file():
         try:
             config = json.loads((p / "run.json").read_text())
         except ValueError:
             config = {}
+        if config:
+            schema_major(config, "run", str(p / "run.json"), "pass a run folder written by "
+                         "`codediff train`")
+            config = run_record(config)  # run/1 named epoch_tokens `unique_tokens`
     objective = str(config.get("objective") or _objective_from_metrics(metrics) or "?")
     return Run(p, label or f"{p.name} ({objective})", objective, metrics, config)
 
@@ -114,6 +108,5 @@ def load_choice_scores(path: str | Path) -> list[dict]:
         raise UserError(f"{p}: not valid JSON") from e
     rows = data if isinstance(data, list) else [data]
     for r in rows:
-        if not isinstance(r, dict) or r.get("schema") != "codediff.choice-score/1":
-            raise UserError(f"{p}: not a codediff.choice-score/1 file")
+        schema_major(r, "choice-score", str(p), "pass the JSON written by `codediff score`")
     return rows

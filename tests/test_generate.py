@@ -687,11 +687,11 @@ def test_generate_command_writes_samples_and_sidecar(tok, tmp_path, objective, e
         assert isinstance(r["completion"], str) and r["nfe"] >= 1 and r["seconds"] > 0
         assert r["flops"] > 0 and "\ndef " not in r["completion"]
     meta = json.loads((tmp_path / "samples.meta.json").read_text())
-    assert meta["schema"] == "codediff.samples/1" and meta["samples"] == 6
+    assert meta["schema"] == "codediff.samples/2" and meta["samples"] == 6
     assert meta["model"]["objective"] == objective and meta["prompt_format"] == "completion"
-    assert meta["sampler"]["mode"] == ("ar" if objective == "ar" else "dlm")
+    assert meta["settings"]["mode"] == ("ar" if objective == "ar" else "dlm")
     # HumanEval prompts end with a bare newline: token healing takes it back by default
-    assert meta["sampler"]["token_healing"] is True
+    assert meta["settings"]["token_healing"] is True
     assert all(r.get("healed") == "\n" for r in rows)
     assert meta["totals"]["nfe"] == sum(r["nfe"] for r in rows)
     assert not list(tmp_path.glob("*.partial*"))

@@ -100,9 +100,9 @@ def test_loss_decreases_on_a_tiny_corpus(corpus, tmp_path, objective):
     assert vals[-1] < vals[0] - 0.7 and vals == sorted(vals, reverse=True), vals
     assert all(r["tokens"] == r["step"] * 8 * 32 for r in m)
     assert abs(m[-1]["epochs"] - m[-1]["tokens"] / json.loads(
-        (out / "run.json").read_text())["unique_tokens"]) < 1e-5
+        (out / "run.json").read_text())["epoch_tokens"]) < 1e-5
     run = json.loads((out / "run.json").read_text())
-    assert run["schema"] == "codediff.run/1" and run["objective"] == objective
+    assert run["schema"] == "codediff.run/2" and run["objective"] == objective
     assert run["model"]["causal"] is (objective == "ar")
     # the kept checkpoint loads through the generation API, with its meta
     ck = sorted((out / "checkpoints").iterdir())[-1]

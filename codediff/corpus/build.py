@@ -49,8 +49,8 @@ from codediff.corpus.tokenizer import (
     train_bpe,
 )
 from codediff.errors import UserError
+from codediff.formats import CORPUS_SCHEMA, make_temp_dir
 
-SCHEMA = "codediff.corpus/1"
 # A hub source is streamed until this many raw bytes per wanted token (times its weight share)
 # have been read: cleaning keeps roughly half of GitHub-like data and a code BPE token is ~3-4
 # bytes, so 12 leaves a margin. --stream-bytes overrides it.
@@ -527,7 +527,7 @@ def _manifest(cfg: CorpusConfig, sources: list[Source], stats: dict[str, Any],
                 "sha256": _sha256(arrays[name]), "cut_document": _cut(split, sources)}
 
     return {
-        "schema": SCHEMA,
+        "schema": CORPUS_SCHEMA,
         "dtype": info.dtype,
         "tokenizer": tok_entry,
         "unique_tokens": train.tokens,
@@ -555,13 +555,9 @@ def _cut(split: _Split, sources: list[Source]) -> dict[str, Any] | None:
 
 def _write(out: Path, files: dict[str, bytes | np.ndarray]) -> None:
     """Write the corpus into a temporary sibling folder, then rename it into place."""
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out)  # with the umask's mode, like any folder the user makes
     old: Path | None = None
     try:
-        tmp.chmod(0o755)
         for name, data in files.items():
             with open(tmp / name, "wb") as f:
                 f.write(memoryview(data).cast("B") if isinstance(data, np.ndarray) else data)
