@@ -27,7 +27,7 @@ def res(tmp_path_factory):
 
 def _report(tmp_path, *args) -> str:
     out = tmp_path / "r.html"
-    assert main(["report", *args, "--out", str(out)]) == 0
+    assert main(["report", *args, "--out", str(out), "--overwrite"]) == 0
     return out.read_text()
 
 
@@ -284,8 +284,10 @@ def test_a_model_page_shows_the_run_it_came_from(tmp_path):
 
     run = tmp_path / "runs" / "mine"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"objective": "mdm", "unique_tokens": 1000,
-                                              "total_tokens": 8000, "epochs": 8}))
+    (run / "run.json").write_text(json.dumps({"schema": "codediff.run/2", "objective": "mdm",
+                                              "corpus": {"unique_tokens": 1000},
+                                              "epoch_tokens": 1000, "total_tokens": 8000,
+                                              "epochs": 8}))
     (run / "metrics.jsonl").write_text("".join(json.dumps(
         {"tokens": 1000 * 2 ** i, "epochs": 2 ** i, "val_loss": 4 - i / 2}) + "\n"
         for i in range(4)))
