@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="keep at most this many rows")
     parser.add_argument("--data", default=None, help="task data folder (default $CODEDIFF_DATA)")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         if get_spec(n).differential:
             raise UserError(f"--tasks {n}: code choice needs a base-test task (humaneval, mbpp)")
     info = build(names, Path(args.out), data=args.data, seed=args.seed, limit=args.limit,
-                 workers=args.workers, progress=sys.stderr.isatty())
+                 workers=args.workers, progress=not args.quiet and sys.stderr.isatty())
     per = ", ".join(f"{k} {v['rows']}/{v['problems']}" for k, v in info["per_task"].items())
     print(f"wrote {args.out}: {info['rows']} rows ({per}); sha256 {info['sha256'][:12]}")
     return 0
