@@ -248,3 +248,149 @@ def test_code_choice_verdicts_use_a_cpu_limit():
     # the sleeper outlasts the first pass's wall clock but uses no CPU: judged on its tests
     v = verify(task, jobs, wall_seconds=1.0)
     assert v == {"loop": "timeout", "sleep": "passed", "ref": "passed"}
+
+
+# ----------------------------------------------------------------------------- training
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from tests.conftest_train import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus"), max_bytes=200_000)
+
+
+def _train_cfg(**kw):
+    from codediff.train import TrainConfig
+
+    base = dict(objective="mdm", total_tokens=8 * 32 * 16, batch_size=8, lr=3e-3,
+                val_tokens=1024, eval_points=2, checkpoint_points=2, progress=False,
+                log_every=4, warmup_steps=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _fit(corpus: Path, out: Path, **kw) -> dict:
+    from codediff.model import ModelConfig
+    from codediff.train import Dist, Trainer
+
+    model = ModelConfig(vocab_size=512, n_layer=2, n_head=4, d_model=64, max_seq_len=32)
+    return Trainer(corpus, out, model, _train_cfg(**kw), Dist()).fit()
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    last = max((run / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[1]))
+    return load_file(str(last / "model.safetensors"))
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_micro_batch_candidates_and_choice():
+    import torch
+
+    from codediff.train import choose_micro_batch, micro_batch_candidates
+
+    assert micro_batch_candidates(256) == [256, 128, 64, 32, 16, 8, 4, 2, 1]
+    assert micro_batch_candidates(96) == [96, 32, 16, 8, 4, 2, 1]
+    assert micro_batch_candidates(1) == [1]
+    tried, freed = [], []
+
+    def fits_up_to(limit):
+        def fits(mb):
+            tried.append(mb)
+            if mb > limit:
+                raise torch.OutOfMemoryError(f"CUDA out of memory (micro-batch {mb})")
+        return fits
+
+    assert choose_micro_batch(256, fits_up_to(40), lambda: freed.append(1)) == 32
+    assert tried == [256, 128, 64, 32] and len(freed) == 3
+    with pytest.raises(UserError, match="out of memory even with micro-batch 1"):
+        choose_micro_batch(8, fits_up_to(0))
+
+    def broken(mb):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):  # not memory: not swallowed
+        choose_micro_batch(8, broken)
+
+
+def test_cpu_keeps_the_whole_batch_and_writes_no_mfu(corpus, tmp_path, monkeypatch, one_thread):
+    from codediff.train import Trainer
+
+    def never(self, model, mb):
+        raise AssertionError("the micro-batch probe must not run on a CPU")
+
+    monkeypatch.setattr(Trainer, "_fits", never)
+    _fit(corpus, tmp_path / "r", total_tokens=8 * 32 * 4, log_every=1)
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert (run["micro_batch"], run["accum"], run["micro_batch_auto"]) == (8, 1, False)
+    rows = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["mfu"] is None for r in rows)  # no peak known: no utilisation claimed
+
+
+def test_automatic_micro_batch_keeps_the_global_batch_and_resumes(corpus, tmp_path, monkeypatch,
+                                                                  one_thread):
+    """As on a GPU that holds 2 sequences: the probe halves 8 -> 4 -> 2 (real forward+backward
+    passes, a fake memory limit), accumulation keeps the batch of 8, the weights equal an
+    explicit --micro-batch 2 run, and a resumed run reuses the recorded choice without probing."""
+    import torch
+
+    from codediff import train as train_mod
+    from codediff.train import Trainer
+
+    real = Trainer._fits
+    tried: list[int] = []
+
+    def fits_two(self, model, mb):
+        tried.append(mb)
+        if mb > 2:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried micro-batch {mb}")
+        real(self, model, mb)
+
+    monkeypatch.setattr(train_mod, "AUTO_MICRO_BATCH_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(Trainer, "_fits", fits_two)
+    _fit(corpus, tmp_path / "auto")
+    assert tried == [8, 4, 2]
+    run = json.loads((tmp_path / "auto" / "run.json").read_text())
+    assert (run["micro_batch"], run["accum"], run["micro_batch_auto"]) == (2, 4, True)
+    assert run["train"]["micro_batch"] is None
+
+    _fit(corpus, tmp_path / "explicit", micro_batch=2)
+    a, b = _weights(tmp_path / "auto"), _weights(tmp_path / "explicit")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    tried.clear()
+    summary = _fit(corpus, tmp_path / "resumed", stop_after_steps=5, save_every_steps=1)
+    assert not summary["done"] and tried == [8, 4, 2]
+
+    def no_probe(self, model, mb):
+        raise AssertionError("a resumed run must reuse its recorded micro-batch")
+
+    monkeypatch.setattr(Trainer, "_fits", no_probe)
+    summary = _fit(corpus, tmp_path / "resumed", stop_after_steps=0, save_every_steps=1)
+    assert summary["done"] and summary["resumed_from"] == 5
+    c = _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_out_of_memory_in_validation_is_one_line(corpus, tmp_path, monkeypatch, one_thread):
+    import torch
+
+    from codediff.train import Trainer
+
+    def oom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "validate", oom)
+    with pytest.raises(UserError, match=r"out of memory in validation with batch 8 x 32 tokens; "
+                       r"pass a smaller --val-batch \(e\.g\. 4\)"):
+        _fit(corpus, tmp_path / "v", total_tokens=8 * 32 * 4)
