@@ -282,7 +282,7 @@ def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None,
     # Hub / evalplus downloads only when no data folder was found at all: a folder that lacks
     # the file is a mistake to report, not a reason to reach for the network.
     if allow_download and root is None and spec.loader == "mbpp" and spec.hub:
-        _check_online(spec, _hub_host())
+        _check_online(spec, *_hub_address())
         return None
     if allow_download and root is None and spec.loader == "evalplus":
         try:
@@ -290,7 +290,7 @@ def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None,
         except ModuleNotFoundError:
             pass
         else:
-            _check_online(spec, "github.com")
+            _check_online(spec, "github.com", 443)
             return None  # evalplus's own loader (downloads)
     if root is None:
         where = f"${DATA_ENV} is unset and there is no data folder beside the checkout"
@@ -312,10 +312,11 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _hub_host() -> str:
+def _hub_address() -> tuple[str, int]:
     from urllib.parse import urlparse
 
-    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or ""
+    u = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return u.hostname or "", u.port or (80 if u.scheme == "http" else 443)
 
 
 def _reachable(host: str, port: int = 443, seconds: float = 3.0) -> bool:
@@ -342,7 +343,7 @@ def _reachable(host: str, port: int = 443, seconds: float = 3.0) -> bool:
     return bool(ok)
 
 
-def _check_online(spec: TaskSpec, host: str) -> None:
+def _check_online(spec: TaskSpec, host: str, port: int) -> None:
     """Fail in one line, at once, where a download could only retry until it gives up."""
     fix = (f"set {DATA_ENV} to a data folder (with {spec.file or spec.file_glob}) or pass "
            "--data FILE")
@@ -350,7 +351,7 @@ def _check_online(spec: TaskSpec, host: str) -> None:
     if offline:
         raise UserError(f"no local data for task {spec.name} and {offline[0]} is set, so it "
                         f"cannot be downloaded; {fix}")
-    if not _reachable(host):
+    if not _reachable(host, port):
         raise UserError(f"no local data for task {spec.name} and {host} cannot be reached to "
                         f"download it; {fix}")
 
