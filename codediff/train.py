@@ -317,9 +317,10 @@ class Trainer:
         self.micro_batch = mb
         self.accum = cfg.batch_size // (mb * W)
         # No --micro-batch on a GPU: the largest that fits is found by trying (probe_micro_batch)
-        # unless a run being resumed recorded one. On a CPU the whole per-process batch is used.
+        # unless a run being resumed recorded one. On a CPU the whole per-process batch is used,
+        # and under FSDP too (the probe runs the unsharded model, which is not what trains).
         self.micro_batch_auto = cfg.micro_batch is None and \
-            self.d.device.type in AUTO_MICRO_BATCH_DEVICES
+            self.d.device.type in AUTO_MICRO_BATCH_DEVICES and not (W > 1 and cfg.dist == "fsdp")
         self._micro_batch_settled = not self.micro_batch_auto
         self.tokens_per_step = cfg.batch_size * self.seq_len
         self.steps = max(1, math.ceil(cfg.total_tokens / self.tokens_per_step))
@@ -398,8 +399,8 @@ class Trainer:
         model.activation_checkpointing = cfg.activation_checkpointing
         self.model = model  # the plain module (FSDP2 shards it in place)
         if not self._micro_batch_settled:
-            # before DDP/FSDP wrap it: a try that runs out of memory on one rank must not leave
-            # the others waiting in a collective (unsharded, so FSDP's estimate is cautious)
+            # before DDP wraps it: a try that runs out of memory on one rank must not leave the
+            # others waiting in a collective
             self.probe_micro_batch(model)
         if d.world > 1 and cfg.dist == "fsdp":
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

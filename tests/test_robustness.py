@@ -395,3 +395,41 @@ def test_out_of_memory_in_validation_is_one_line(corpus, tmp_path, monkeypatch, 
     with pytest.raises(UserError, match=r"out of memory in validation with batch 8 x 32 tokens; "
                        r"pass a smaller --val-batch \(e\.g\. 4\)"):
         _fit(corpus, tmp_path / "v", total_tokens=8 * 32 * 4)
+
+
+_RANK_LIMITED = '''
+import os, sys, torch
+from codediff import train
+real = train.Trainer._fits
+limit = {0: 4, 1: 2}[int(os.environ["RANK"])]  # rank 1's device holds less
+
+
+def fits(self, model, mb):
+    if mb > limit:
+        raise torch.OutOfMemoryError(f"CUDA out of memory (micro-batch {mb})")
+    real(self, model, mb)
+
+
+train.AUTO_MICRO_BATCH_DEVICES = ("cuda", "cpu")
+train.Trainer._fits = fits
+from codediff.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_every_process_takes_the_smallest_probed_micro_batch(corpus, tmp_path):
+    script = tmp_path / "limited.py"
+    script.write_text(_RANK_LIMITED)
+    out = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", str(script), "train", "--corpus", str(corpus),
+                        "--objective", "mdm", "--total-tokens", str(8 * 32 * 4), "--batch-size",
+                        "8", "--n-layer", "2", "--d-model", "64", "--n-head", "4",
+                        "--max-seq-len", "32", "--val-tokens", "1024", "--eval-points", "2",
+                        "--checkpoint-points", "2", "--no-progress", "--out", str(out)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert (run["world_size"], run["micro_batch"], run["accum"], run["micro_batch_auto"]) == \
+        (2, 2, 2, True)
