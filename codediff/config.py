@@ -128,7 +128,9 @@ class TrainConfig:
                                  "--max-seq-len)", default_text="--max-seq-len")
     batch_size: int = option(128, min=1, help="global batch, sequences per optimizer step")
     micro_batch: int | None = option(None, min=1, help="sequences per rank per forward pass",
-                                     default_text="batch / world, halved until it fits")
+                                     default_text="on a GPU the largest that fits (batch / world, "
+                                     "halved until a forward + backward fits; recorded in "
+                                     "run.json); on a CPU batch / world")
     lr: float = option(1e-3, above=0, help="peak learning rate")
     min_lr_ratio: float = option(0.1, min=0, max=1, help="final learning rate / peak")
     schedule: str = option("cosine", choices=SCHEDULES, help="learning-rate schedule "

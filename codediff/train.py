@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from codediff.objectives import (
 )
 from codediff.options import parse_count
 
+# devices where an unset --micro-batch is found by trying (tests add "cpu" with a fake limit)
+AUTO_MICRO_BATCH_DEVICES = ("cuda",)
 # options that may change between a run and its resumption (they do not change the weights)
 RESUMABLE_CHANGES = {"compile", "compile_mode", "attention", "log_every", "save_every_s",
                      "save_every_steps", "progress", "micro_batch", "dist",
@@ -137,6 +140,50 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The denominator of MFU, where one is known: the measured matmul rate of a GPU. A CPU has
+    no meaningful peak here (a small matmul measured there read as 751% MFU), so None: `mfu` is
+    then written as null and nothing claims a utilisation."""
+    if device.type != "cuda":
+        return None
+    return measure_matmul_flops(device, dtype)
+
+
+# ----------------------------------------------------------------------------- micro-batch
+
+def micro_batch_candidates(start: int) -> list[int]:
+    """`start` (the whole per-process batch), then the powers of two below it that divide it,
+    largest first: each keeps the global batch through gradient accumulation."""
+    out = [start]
+    p = 1 << max(0, start.bit_length() - 1)
+    while p >= 1:
+        if p < start and start % p == 0:
+            out.append(p)
+        p //= 2
+    return out
+
+
+def choose_micro_batch(start: int, fits: Callable[[int], None],
+                       on_oom: Callable[[], None] = lambda: None) -> int:
+    """The largest candidate (`micro_batch_candidates(start)`) for which `fits(mb)` returns;
+    `fits` raises the device's out-of-memory error when mb does not fit (halving on each).
+    `on_oom` frees what the failed try left behind. None fits -> UserError."""
+    for mb in micro_batch_candidates(start):
+        oom = False
+        try:
+            fits(mb)
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(e):
+                raise
+            oom = True  # (freed after the except block, which holds the failed try's frames)
+        if not oom:
+            return mb
+        on_oom()
+    raise UserError("out of memory even with micro-batch 1; use a smaller model (--preset, "
+                    "--n-layer, --d-model) or --seq-len, or --activation-checkpointing, or more "
+                    "GPUs with --dist fsdp")
+
+
 def parse_tokens(text: str | int) -> int:
     """'300M' -> 300_000_000; also K, G/B, T and plain integers ('1.5e9'); the one count parser
     (codediff.options.parse_count): a fraction of a token is an error."""
@@ -185,6 +232,12 @@ class Trainer:
                             f"{mb} x {W} processes; choose a micro-batch that divides it")
         self.micro_batch = mb
         self.accum = cfg.batch_size // (mb * W)
+        # No --micro-batch on a GPU: the largest that fits is found by trying (probe_micro_batch)
+        # unless a run being resumed recorded one. On a CPU the whole per-process batch is used,
+        # and under FSDP too (the probe runs the unsharded model, which is not what trains).
+        self.micro_batch_auto = cfg.micro_batch is None and \
+            self.d.device.type in AUTO_MICRO_BATCH_DEVICES and not (W > 1 and cfg.dist == "fsdp")
+        self._micro_batch_settled = not self.micro_batch_auto
         self.tokens_per_step = cfg.batch_size * self.seq_len
         self.steps = max(1, math.ceil(cfg.total_tokens / self.tokens_per_step))
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else \
@@ -232,6 +285,7 @@ class Trainer:
             "epochs": self.steps * self.tokens_per_step / self.epoch_tokens,
             "params": self.model_cfg.num_params(),
             "world_size": self.d.world, "micro_batch": self.micro_batch, "accum": self.accum,
+            "micro_batch_auto": self.micro_batch_auto,
             "created_by": f"codediff {__version__}",
         }
 
@@ -253,6 +307,10 @@ class Trainer:
         model = Transformer(self.model_cfg).to(d.device)
         model.activation_checkpointing = cfg.activation_checkpointing
         self.model = model  # the plain module (FSDP2 shards it in place)
+        if not self._micro_batch_settled:
+            # before DDP wraps it: a try that runs out of memory on one rank must not leave the
+            # others waiting in a collective
+            self.probe_micro_batch(model)
         if d.world > 1 and cfg.dist == "fsdp":
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -280,6 +338,74 @@ class Trainer:
                                                  self.accum)
         self.loss_compiled = torch.compile(self.loss_eager, mode=self.compile_mode) \
             if self.compile else self.loss_eager
+
+    # --------------------------------------------------------------- automatic micro-batch
+
+    def _set_micro_batch(self, mb: int) -> None:
+        self.micro_batch = mb
+        self.accum = self.cfg.batch_size // (mb * self.d.world)
+
+    def adopt_recorded_micro_batch(self) -> None:
+        """A resumed run keeps the micro-batch it started with (a micro-batch's noise is drawn
+        from its global index, so another size would change the weights): no second probe."""
+        run_json = self.out / "run.json"
+        if self._micro_batch_settled or not run_json.exists():
+            return
+        mb = json.loads(run_json.read_text()).get("micro_batch")
+        if isinstance(mb, int) and mb > 0 and self.cfg.batch_size % (mb * self.d.world) == 0:
+            self._set_micro_batch(mb)
+            self._micro_batch_settled = True
+
+    def probe_micro_batch(self, model: Transformer) -> int:
+        """Try a forward + backward at the real length with the whole per-process batch, halving
+        on out of memory (choose_micro_batch); every rank takes the smallest rank's choice."""
+        dev = self.d.device
+
+        def free() -> None:
+            model.zero_grad(set_to_none=True)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+        devices = [dev] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the run's random numbers stay untouched
+            mb = choose_micro_batch(self.cfg.batch_size // self.d.world,
+                                    lambda n: self._fits(model, n), free)
+        free()
+        if self.d.world > 1:
+            t = torch.tensor([mb], device=dev)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            mb = int(t.item())
+        self._set_micro_batch(mb)
+        self._micro_batch_settled = True
+        return mb
+
+    def _fits(self, model: Transformer, mb: int) -> None:
+        """One forward + backward of `mb` real sequences at full length (mdm: an uncut draw);
+        raises the device's out-of-memory error if it does not fit, or if it leaves less than
+        10% of the GPU for AdamW's two float32 moments and the allocator's slack."""
+        dev = self.d.device
+        x = torch.from_numpy(self.stream.batch(0, mb)).to(dev)
+        for index in range(1000):
+            noise = draw_noise(self.obj, mb, self.seq_len,
+                               micro_batch_generator(self.cfg.seed, index, dev), dev)
+            if noise["length"] == self.seq_len:
+                break
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            with self.autocast():
+                loss = loss_fn(self.obj)(model, x, noise, self.obj)
+            loss.backward()
+        finally:
+            model.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            moments = 2 * 4 * sum(p.numel() for p in model.parameters())
+            need = torch.cuda.max_memory_allocated(dev) + moments
+            total = torch.cuda.mem_get_info(dev)[1]
+            if need > 0.9 * total:
+                raise torch.OutOfMemoryError(f"micro-batch {mb} would use {need / 2**30:.1f} of "
+                                             f"{total / 2**30:.1f} GiB with the optimizer state")
 
     def loss_for(self, noise: dict):
         """The compiled loss for a full-length micro-batch; eager for the 1% that mdm cuts to a
@@ -484,7 +610,16 @@ class Trainer:
         if d.main:
             self._check_out_dir(record)
         d.barrier()
-        self.build()
+        self.adopt_recorded_micro_batch()
+        try:
+            self.build()
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            raise UserError(f"out of memory while setting up the model on {d.device}; use a "
+                            "smaller model (--preset, --n-layer, --d-model) or more GPUs with "
+                            "--dist fsdp") from None
+        record = self.run_record()  # the micro-batch may have been chosen just now
         old, state = self.out / ".state.old", self.out / "state"
         if d.main and old.exists() and not state.exists():
             os.replace(old, state)  # killed between the two renames of a state swap
@@ -500,7 +635,9 @@ class Trainer:
             return {"steps": self.steps, "resumed_from": start, "done": True}
         self.val = val_windows(self.corpus.val, self.seq_len, cfg.val_tokens)
         flops_tok = self.model_cfg.flops_per_token(self.seq_len)
-        peak = measure_matmul_flops(d.device, self.amp_dtype or torch.float32) * d.world
+        peak = peak_flops(d.device, self.amp_dtype or torch.float32)
+        if peak is not None:
+            peak *= d.world
         bar = None
         if cfg.progress and d.main:
             from tqdm import tqdm
@@ -551,9 +688,18 @@ class Trainer:
                        "epochs": round(done * self.tokens_per_step / self.epoch_tokens, 6),
                        "step": done, "train_loss": loss, "lr": lr,
                        "tokens_per_s": round(tok_s, 1),
-                       "mfu": round(tok_s * flops_tok / peak, 4)}
+                       "mfu": round(tok_s * flops_tok / peak, 4) if peak else None}
                 if is_eval:
-                    rec["val_loss"] = self.validate()
+                    try:
+                        rec["val_loss"] = self.validate()
+                    except RuntimeError as e:
+                        if not is_out_of_memory(e):
+                            raise
+                        bs = cfg.val_batch or self.micro_batch
+                        raise UserError(
+                            f"out of memory in validation with batch {bs} x {self.seq_len} "
+                            f"tokens; pass a smaller --val-batch (e.g. {max(1, bs // 2)})"
+                        ) from None
                 if is_log:
                     self.log(rec)
                 if is_ckpt:

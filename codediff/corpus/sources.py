@@ -104,10 +104,13 @@ class Source:
         return sum(1 for root in self.roots for _ in _walk_py(root, skip))
 
     def iter_documents(self) -> Iterator[tuple[str, bytes | str | None]]:
-        """(key, content) in a fixed order; content is bytes for files, str (or junk) for rows."""
+        """(key, content) in a fixed order; content is bytes for files; for rows it is the text
+        column's string, or None where the row holds no string there (a number, null, list,
+        missing column: counted as `not_text` by the filters, never passed on as it is)."""
         if self.spec.kind == "hf":
             for i, row in enumerate(self.dataset):
-                yield f"row{i}", row.get(self.text_column)
+                value = row.get(self.text_column) if isinstance(row, dict) else None
+                yield f"row{i}", value if isinstance(value, str) else None
             return
         many = len(self.roots) > 1
         for n, root in enumerate(self.roots):
