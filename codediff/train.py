@@ -619,7 +619,8 @@ class Trainer:
             raise UserError(f"out of memory while setting up the model on {d.device}; use a "
                             "smaller model (--preset, --n-layer, --d-model) or more GPUs with "
                             "--dist fsdp") from None
-        record = self.run_record()  # the micro-batch may have been chosen just now
+        # the micro-batch may have been chosen just now: run.json records the one used
+        self.metrics = self.run_store(self.run_record())
         old, state = self.out / ".state.old", self.out / "state"
         if d.main and old.exists() and not state.exists():
             os.replace(old, state)  # killed between the two renames of a state swap
