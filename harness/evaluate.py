@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "with (default: samples.meta.json beside the samples, else the task's)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per sample "
                         "(default: the task's)")
+    parser.add_argument("--min-time-limit", type=float, default=None, help="+ tasks: seconds "
+                        "per test input at least (default: the task's evalplus release's)")
+    parser.add_argument("--time-limit-factor", type=float, default=None, help="+ tasks: per-input "
+                        "limit as a multiple of the canonical solution's time (default: the task's)")
     parser.add_argument("--no-sanitize", action="store_true",
                         help="judge the raw text as it is (no fence/chatter removal)")
     parser.add_argument("--memory-mb", type=int, default=Limits.memory_bytes >> 20,
@@ -74,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
                        ks=ks, workers=args.workers, fmt=fmt, timeout=args.timeout,
                        do_sanitize=not args.no_sanitize, unsafe=args.unsafe_no_sandbox,
                        limits=Limits(memory_bytes=args.memory_mb << 20),
+                       min_time_limit=args.min_time_limit,
+                       time_limit_factor=args.time_limit_factor,
                        progress=not args.quiet and sys.stderr.isatty())
     print(summary_table(results))
     return 0
@@ -113,13 +119,18 @@ def build_program(task: Task, s: Sample, fmt: str, do_sanitize: bool) -> tuple[s
 def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path | None = None,
              ks: list[int] = (1, 10, 100), workers: int | None = None, fmt: str | None = None,
              timeout: float | None = None, do_sanitize: bool = True, unsafe: bool = False,
-             limits: Limits | None = None, progress: bool = False) -> dict:
+             limits: Limits | None = None, progress: bool = False,
+             min_time_limit: float | None = None, time_limit_factor: float | None = None) -> dict:
     fmt = fmt or task.spec.default_format
     t0 = time.time()
     samples_sha = file_sha256(samples_path) if samples_path else ""
     identity = {"task": task.name, "dataset_sha256": task.dataset.sha256,
                 "samples_sha256": samples_sha, "prompt_format": fmt, "sanitize": do_sanitize}
-    judge = Judge(task, workers=workers, limits=limits, unsafe=unsafe, timeout=timeout)
+    judge = Judge(task, workers=workers, limits=limits, unsafe=unsafe, timeout=timeout,
+                  min_time_limit=min_time_limit, time_limit_factor=time_limit_factor)
+    if task.spec.differential:  # the per-input limits decide verdicts: a resume must match them
+        identity.update(min_time_limit=judge.min_time_limit,
+                        time_limit_factor=judge.time_limit_factor)
     done = _open_store(out, identity)
     judge.prepare(progress=progress)
     by_key = {f"{s.task_id}#{s.completion_id}": s for s in samples}
@@ -163,13 +174,25 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
                  "count": len(samples)},
         harness={"version": HARNESS_VERSION, "sandbox": "none" if unsafe else "bubblewrap",
                  "workers": judge.workers, "sanitize": do_sanitize,
-                 "timeout": judge.timeout, "limits": vars(judge.limits)},
+                 "timeout": judge.timeout, "limits": vars(judge.limits),
+                 **({"evalplus_version": task.spec.evalplus_version,
+                     "min_time_limit": judge.min_time_limit,
+                     "time_limit_factor": judge.time_limit_factor}
+                    if task.spec.differential else {}),
+                 "sanitizer_changed": _sanitizer_changed(task, samples, done, fmt)},
         generation=samples_meta(samples_path),
         dataset_notes=judge.notes,
         wall_seconds=round(time.time() - t0, 3),
     )
     _write_json_atomic(out / "results.json", results)
     return results
+
+
+def _sanitizer_changed(task: Task, samples: list[Sample], rows: dict[str, dict], fmt: str) -> int:
+    """How many samples were judged as text other than the raw program (0 with --no-sanitize)."""
+    by_id = task.by_id()
+    return sum(rows[f"{s.task_id}#{s.completion_id}"].get("program") != task.program_for(
+        by_id[s.task_id], completion=s.completion, solution=s.solution, fmt=fmt) for s in samples)
 
 
 def _open_store(out: Path, identity: dict) -> dict[str, dict]:
@@ -260,6 +283,10 @@ def summary_table(r: dict) -> str:
     lines.append(head)
     for ph, vals in r["pass_at_k"].items():
         lines.append(f"{ph:8}" + "".join(f"{100 * v:9.2f}%" for v in vals.values()))
+    h = r.get("harness", {})
+    if h.get("sanitize"):
+        lines.append(f"sanitiser changed {h.get('sanitizer_changed', 0)} of "
+                     f"{r['samples']['count']} samples (--no-sanitize judges the raw text)")
     sc = r["status_counts"]["all"]
     lines.append("status  " + "  ".join(f"{k} {v}" for k, v in sc.items() if v))
     if r["k_dropped"]:

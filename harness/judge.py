@@ -25,6 +25,10 @@ from codediff.harness.tasks import Problem, Task, load_quirks
 
 from codediff.errors import UserError
 
+# Bumped when what the oracle stores changes (2: huge outputs are recomputed, not digested).
+ORACLE_FORMAT = "oracle/2"
+RECOMPUTE_KEY = "__codediff_recompute__"  # as in _zygote.py (which imports nothing of ours)
+
 
 @dataclass
 class Job:
@@ -41,8 +45,20 @@ def cache_dir() -> Path:
 
 class Judge:
     def __init__(self, task: Task, *, workers: int | None = None, limits: Limits | None = None,
-                 unsafe: bool = False, timeout: float | None = None):
+                 unsafe: bool = False, timeout: float | None = None,
+                 min_time_limit: float | None = None, time_limit_factor: float | None = None):
+        for name, val in (("--min-time-limit", min_time_limit),
+                          ("--time-limit-factor", time_limit_factor)):
+            if val is not None and not (val > 0 and val < float("inf")):
+                raise UserError(f"{name} {val}: give a positive number of seconds / a positive "
+                                "factor (slow machines: raise them)")
         self.task = task
+        # Per-input limit of `+` tasks = max(floor, factor x the canonical solution's time); the
+        # task's values follow the evalplus release it declares; a slow machine may raise them.
+        self.min_time_limit = task.spec.min_time_limit if min_time_limit is None \
+            else float(min_time_limit)
+        self.time_limit_factor = task.spec.gt_time_limit_factor if time_limit_factor is None \
+            else float(time_limit_factor)
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or Limits()
         self.unsafe = unsafe
@@ -68,6 +84,7 @@ class Judge:
         h.update(self.task.dataset.sha256.encode())
         h.update(inspect.getsource(quirks).encode() if quirks else b"")
         h.update(HARNESS_VERSION.encode())
+        h.update(ORACLE_FORMAT.encode())
         return h.hexdigest()[:24]
 
     def _prepare_differential(self, progress: bool) -> None:
@@ -101,15 +118,18 @@ class Judge:
                 if len(keep) < len(inputs):
                     self.notes.append(f"{p.task_id}: the canonical solution fails on "
                                       f"{len(inputs) - len(keep)} {phase} input(s); skipped")
-                limits = [max(spec.min_time_limit, spec.gt_time_limit_factor * res["times"][i])
+                limits = [max(self.min_time_limit, self.time_limit_factor * res["times"][i])
                           for i in keep]
                 phases[phase] = {"inputs": [inputs[i] for i in keep],
                                  "expected": [res["outputs"][i] for i in keep],
                                  "limits": limits}
                 total += min(self.timeout, sum(limits)) + 1.0
+            # Outputs too big to ship are recomputed in the sandbox from the canonical solution.
+            huge = any(type(e) is dict and RECOMPUTE_KEY in e
+                       for ph in phases.values() for e in ph["expected"])
             self.payloads[p.task_id] = {"mode": "differential", "entry_point": p.entry_point,
                                         "atol": p.atol, "oracle": oracles.get(p.entry_point, {}),
-                                        **phases}
+                                        "reference": p.reference if huge else "", **phases}
             self.timeouts[p.task_id] = total
 
     def _compute_oracles(self, oracles: dict, problems: list[Problem], progress: bool) -> dict:
