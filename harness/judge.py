@@ -65,6 +65,7 @@ class Judge:
         self.timeout = timeout or task.spec.timeout
         self.payloads: dict[str, dict] = {}
         self.timeouts: dict[str, float] = {}
+        self.costs: dict[str, float] = {}  # seconds the canonical solution takes (`+` tasks)
         self.notes: list[str] = []
         if not unsafe:
             check_sandbox()
@@ -131,6 +132,8 @@ class Judge:
                                         "atol": p.atol, "oracle": oracles.get(p.entry_point, {}),
                                         "reference": p.reference if huge else "", **phases}
             self.timeouts[p.task_id] = total
+            self.costs[p.task_id] = sum(t[ph]["times"][i] for ph in ("base", "plus")
+                                        for i, err in enumerate(t[ph]["errors"]) if not err)
 
     def _compute_oracles(self, oracles: dict, problems: list[Problem], progress: bool) -> dict:
         not_none = {ep for ep, o in oracles.items() if o.get("kind") == "not_none"}
@@ -168,20 +171,28 @@ class Judge:
         if not self.payloads:
             self.prepare()
         # A feeder thread hands jobs over as they are made (sanitising overlaps execution).
-        todo: queue.Queue = queue.Queue(maxsize=4 * self.workers)
+        # `+` tasks differ a thousandfold in cost (a passing Mbpp/599 sample runs ~10 s of plus
+        # inputs, most samples ~3 ms), so their feeder runs ahead without bound and the workers
+        # take the costliest job known first: a heavy job started last would leave the other
+        # workers idle at the end. Base-test tasks keep file order and a short queue.
+        ahead = 0 if self.task.spec.differential else 4 * self.workers
+        todo: queue.PriorityQueue = queue.PriorityQueue(maxsize=ahead)
         done: queue.Queue = queue.Queue()
         n_workers = self.workers
         stop = threading.Event()
         feed_error: list[BaseException] = []
 
         def feed() -> None:
+            seq = 0
             try:
                 for j in jobs:
                     if j.task_id not in self.payloads:
                         raise UserError(f"no tests for {j.task_id} in task {self.task.name}")
+                    seq += 1
+                    item = (-self.costs.get(j.task_id, 0.0), seq, j)
                     while not stop.is_set():
                         try:
-                            todo.put(j, timeout=0.1)
+                            todo.put(item, timeout=0.1)
                             break
                         except queue.Full:
                             continue
@@ -190,14 +201,14 @@ class Judge:
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 feed_error.append(e)
             finally:
-                for _ in range(n_workers):
-                    todo.put(None)
+                for i in range(n_workers):  # after every job, whatever its cost
+                    todo.put((float("inf"), i, None))
 
         def work(slot: int) -> None:
             sb = Sandbox(slot, limits=self.limits, unsafe=self.unsafe)
             try:
                 while not stop.is_set():
-                    job = todo.get()
+                    job = todo.get()[2]
                     if job is None:
                         return
                     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,21 +61,30 @@ def test_bad_time_limit_settings_are_user_errors(bad, data_dir):
         Judge(task, unsafe=True, time_limit_factor=bad)
 
 
-def test_floor_decides_a_two_second_sample_and_is_recorded(tmp_path, data_dir):
+def _small_mbpp_plus(data_dir: Path, tmp_path: Path, cuts: dict[str, Callable[[list], list]]):
+    """The real rows of the tasks in `cuts`, each with its plus inputs cut, as a data file."""
+    rows = []
+    for line in (data_dir / "evalplus" / "MbppPlus-2023-11-16.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["task_id"] in cuts:
+            row["plus_input"] = cuts[row["task_id"]](row["plus_input"])
+            rows.append(row)
+    f = tmp_path / "MbppPlus-cut.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return load_task("mbpp+", f)
+
+
+def test_floor_decides_a_slow_sample_and_is_recorded(tmp_path, data_dir):
     """A sample taking ~1.5 s per input fails under evalplus 0.3.1's 1 s floor (as evalplus
     fails it) and passes under a 4 s one; the floor is part of the results identity."""
-    task = load_task("mbpp+", data_dir)
-    task.problems = [task.by_id()["Mbpp/3"]]
+    task = _small_mbpp_plus(data_dir, tmp_path, {"Mbpp/3": lambda xs: xs[:1]})
     rows = [{"task_id": "Mbpp/3", "solution": _slow(task.problems[0], 1.5)}]
     res, (row,) = _judge(task, rows, tmp_path, "floor1")
     assert row["base_status"] == "timeout" and row["plus_status"] == "failed"
     assert res["harness"]["min_time_limit"] == 1.0 and res["harness"]["time_limit_factor"] == 4.0
     assert res["harness"]["evalplus_version"] == "0.3.1"
     assert json.loads((tmp_path / "floor1" / "run.json").read_text())["min_time_limit"] == 1.0
-    # Base inputs only (3 of them): a pass under a 4 s floor takes 3 x 1.5 s; plus is cut short
-    # by keeping just two plus inputs.
-    task.problems[0].plus_input = task.problems[0].plus_input[:2]
-    res, (row,) = _judge(task, rows, tmp_path, "floor4", min_time_limit=4.0)
+    res, (row,) = _judge(task, rows, tmp_path, "floor4", min_time_limit=4.0)  # 4 inputs, 6 s
     assert row["base_status"] == "passed" and row["plus_status"] == "passed"
     assert res["harness"]["min_time_limit"] == 4.0
     # The same folder with another floor is another result: refused, not mixed.
@@ -86,8 +96,10 @@ def test_huge_reference_outputs_pass_in_one_worker(tmp_path, data_dir):
     """Mbpp/255's expected outputs total 360 MB: evalplus 0.3.1 then fails the references of
     Mbpp/255 and Mbpp/392 with a MemoryError (its worker holds them all under a 4 GiB limit).
     codediff recomputes a huge output next to the sample's, one input at a time."""
-    task = load_task("mbpp+", data_dir)
-    task.problems = [task.by_id()["Mbpp/255"], task.by_id()["Mbpp/392"]]
+    # All of Mbpp/255, and Mbpp/392 with its base inputs and its three largest plus inputs (the
+    # memory-hungry ones; all 106 would take seconds more).
+    task = _small_mbpp_plus(data_dir, tmp_path, {
+        "Mbpp/255": lambda xs: xs, "Mbpp/392": lambda xs: sorted(xs, key=lambda x: x[0])[-3:]})
     p255 = task.problems[0]
     wrong = p255.reference.replace("list(combinations_with_replacement(l, n))",
                                    "list(combinations_with_replacement(l, n))[:-1] or [()]")
