@@ -189,10 +189,15 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
 
 
 def _sanitizer_changed(task: Task, samples: list[Sample], rows: dict[str, dict], fmt: str) -> int:
-    """How many samples were judged as text other than the raw program (0 with --no-sanitize)."""
+    """How many samples were judged as code other than the raw program (0 with --no-sanitize);
+    trailing spaces and blank lines the sanitiser tidies away do not count."""
+    def norm(text: str) -> list[str]:
+        return [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+
     by_id = task.by_id()
-    return sum(rows[f"{s.task_id}#{s.completion_id}"].get("program") != task.program_for(
-        by_id[s.task_id], completion=s.completion, solution=s.solution, fmt=fmt) for s in samples)
+    return sum(norm(rows[f"{s.task_id}#{s.completion_id}"].get("program") or "") != norm(
+        task.program_for(by_id[s.task_id], completion=s.completion, solution=s.solution,
+                         fmt=fmt)) for s in samples)
 
 
 def _open_store(out: Path, identity: dict) -> dict[str, dict]:

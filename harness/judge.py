@@ -47,11 +47,11 @@ class Judge:
     def __init__(self, task: Task, *, workers: int | None = None, limits: Limits | None = None,
                  unsafe: bool = False, timeout: float | None = None,
                  min_time_limit: float | None = None, time_limit_factor: float | None = None):
-        for name, val in (("--min-time-limit", min_time_limit),
-                          ("--time-limit-factor", time_limit_factor)):
+        for name, val, what in (("--min-time-limit", min_time_limit, "number of seconds"),
+                                ("--time-limit-factor", time_limit_factor, "factor")):
             if val is not None and not (val > 0 and val < float("inf")):
-                raise UserError(f"{name} {val}: give a positive number of seconds / a positive "
-                                "factor (slow machines: raise them)")
+                raise UserError(f"{name} {val}: give a positive {what} (on a slow or busy "
+                                "machine, raise it above the task's default)")
         self.task = task
         # Per-input limit of `+` tasks = max(floor, factor x the canonical solution's time); the
         # task's values follow the evalplus release it declares; a slow machine may raise them.
