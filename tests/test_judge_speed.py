@@ -131,6 +131,14 @@ def test_sanitiser_effect_is_counted_and_switchable(tmp_path, data_dir):
     res, out = _judge(task, rows, tmp_path, "off", do_sanitize=False)
     assert [r["status"] for r in out] == ["passed", "failed"]
     assert res["harness"]["sanitizer_changed"] == 0
+    # ... and the HTML report shows both: the count, and "off" for the raw run.
+    from codediff.cli import main
+
+    html = tmp_path / "r.html"
+    assert main(["report", "--results", str(tmp_path / "on"), str(tmp_path / "off"),
+                 "--out", str(html)]) == 0
+    text = html.read_text()
+    assert ">sanitised</th>" in text and "<td>1</td>" in text and "<td>off</td>" in text
 
 
 def test_plus_inputs_are_not_run_after_a_base_failure(tmp_path, data_dir):
