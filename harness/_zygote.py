@@ -378,10 +378,14 @@ def run_one(msg, counter):
             os._exit(0)
     os.close(wfd)
     deadline = t0 + msg["timeout"]
+    # A differential task's base phase has a budget of its own: until its verdict is in, the
+    # child must answer by then (a sample hanging at top level is cut off there).
+    budget = TASKS.get(msg.get("key"), {}).get("base_budget") if msg["op"] == "run" else None
+    early = min(deadline, t0 + budget) if budget else None
     buf, timed_out = b"", False
     cap = (4 << 30) if msg["op"] == "oracle" else (64 << 20)
     while True:
-        left = deadline - time.monotonic()
+        left = (early or deadline) - time.monotonic()
         if left <= 0:
             timed_out = True
             break
@@ -392,6 +396,8 @@ def run_one(msg, counter):
         if not chunk:
             break
         buf += chunk
+        if early is not None and b'"phase": "base"' in buf and nonce.encode() in buf:
+            early = None  # base answered: the rest of the sample's budget is plus's
         # The verdict is in once the final event arrives, even if a stray grandchild still
         # holds the pipe open; a sample that floods the pipe is cut off.
         tail = buf[-(len(chunk) + 64):]
@@ -426,7 +432,7 @@ def _verdict(msg, events, timed_out, status_word, seconds):
     final = next((e for e in events if e.get("final")), None)
     phases = {e["phase"]: e for e in events if "phase" in e}
     if timed_out:
-        stop = ("timeout", f"no verdict within {msg['timeout']:.1f} s")
+        stop = ("timeout", f"no verdict within {seconds:.1f} s")
     elif status_word is not None and os.WIFSIGNALED(status_word):
         sig = os.WTERMSIG(status_word)
         stop = ("timeout", "CPU time limit") if sig == signal.SIGXCPU else \

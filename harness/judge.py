@@ -125,12 +125,17 @@ class Judge:
                                  "expected": [res["outputs"][i] for i in keep],
                                  "limits": limits}
                 total += min(self.timeout, sum(limits)) + 1.0
+                if phase == "base":
+                    # Base must answer within its own budget (as evalplus times each phase): a
+                    # sample hanging at top level then costs seconds, not the plus budget too.
+                    base_budget = total
             # Outputs too big to ship are recomputed in the sandbox from the canonical solution.
             huge = any(type(e) is dict and RECOMPUTE_KEY in e
                        for ph in phases.values() for e in ph["expected"])
             self.payloads[p.task_id] = {"mode": "differential", "entry_point": p.entry_point,
                                         "atol": p.atol, "oracle": oracles.get(p.entry_point, {}),
-                                        "reference": p.reference if huge else "", **phases}
+                                        "reference": p.reference if huge else "",
+                                        "base_budget": base_budget, **phases}
             self.timeouts[p.task_id] = total
             self.costs[p.task_id] = sum(t[ph]["times"][i] for ph in ("base", "plus")
                                         for i, err in enumerate(t[ph]["errors"]) if not err)

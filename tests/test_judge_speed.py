@@ -138,7 +138,8 @@ def test_sanitiser_effect_is_counted_and_switchable(tmp_path, data_dir):
     assert main(["report", "--results", str(tmp_path / "on"), str(tmp_path / "off"),
                  "--out", str(html)]) == 0
     text = html.read_text()
-    assert ">sanitised</th>" in text and "<td>1</td>" in text and "<td>off</td>" in text
+    assert ">sanitised</th>" in text and '<td data-v="1">1</td>' in text
+    assert '<td data-v="-1">off</td>' in text
 
 
 def test_plus_inputs_are_not_run_after_a_base_failure(tmp_path, data_dir):
@@ -151,3 +152,17 @@ def test_plus_inputs_are_not_run_after_a_base_failure(tmp_path, data_dir):
     _, (row,) = _judge(task, rows, tmp_path, "basefail")
     assert row["base_status"] == "failed" and row["plus_status"] == "failed"
     assert row["detail"] == "wrong output on input 0"
+
+
+def test_a_sample_hanging_at_top_level_costs_the_base_budget_only(tmp_path, data_dir):
+    """Top-level code runs outside any per-input limit; base must answer within its own budget
+    (sum of base limits + 1 s, as evalplus times a phase), not the base and plus budgets."""
+    task = load_task("mbpp+", data_dir)
+    p = task.by_id()["Mbpp/3"]
+    task.problems = [p]
+    rows = [{"task_id": p.task_id, "solution": p.reference + "\nwhile True:\n    pass\n"},
+            {"task_id": p.task_id, "solution": p.reference}]
+    _, (hung, ok) = _judge(task, rows, tmp_path, "hang", workers=1, do_sanitize=False)
+    # Mbpp/3 has 5 base inputs at the 1 s floor: a 6 s budget (base and plus: over 60 s)
+    assert hung["status"] == "timeout" and hung["seconds"] < len(p.base_input) + 2.0
+    assert ok["base_status"] == "passed" and ok["plus_status"] == "passed"
