@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import sys
 import tempfile
@@ -167,20 +166,13 @@ def make_samples(data: Path, seed: int) -> list[dict]:
 # ----------------------------------------------------------------------------- running
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and of every child it has reaped (sandboxes, pool workers)."""
-    return sum(getattr(resource.getrusage(who), f) for who in
-               (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
-
-
 def run_evalplus(samples: Path, parallel: int | None) -> tuple[float, dict]:
     from evalplus.evaluate import evaluate as ep_evaluate
 
-    t0, c0 = time.perf_counter(), _cpu()
+    t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         ep_evaluate("mbpp", samples=str(samples), parallel=parallel, i_just_wanna_run=True)
     secs = time.perf_counter() - t0
-    print(f"   (evalplus CPU: {_cpu() - c0:.1f} s)")
     res = json.loads(Path(str(samples).replace(".jsonl", "_eval_results.json")).read_text())
     verdicts = {}
     for tid, lst in res["eval"].items():
@@ -193,11 +185,10 @@ def run_evalplus(samples: Path, parallel: int | None) -> tuple[float, dict]:
 def run_codediff(task, samples: Path, out: Path, workers: int | None,
                  sanitize: bool) -> tuple[float, dict, dict]:
     parsed = read_samples(samples, set(task.by_id()), task.name)
-    t0, c0 = time.perf_counter(), _cpu()
+    t0 = time.perf_counter()
     res = evaluate(task, parsed, out=out, samples_path=samples, ks=[1], workers=workers,
                    do_sanitize=sanitize)
     secs = time.perf_counter() - t0
-    print(f"   (codediff CPU: {_cpu() - c0:.1f} s)")
     verdicts = {}
     for line in (out / "executions.jsonl").read_text().splitlines():
         r = json.loads(line)
