@@ -64,6 +64,12 @@ class EvaluateOptions:
     unsafe_no_sandbox: bool = option(False, negatable=False,
                                      help="run model code without bubblewrap (only for "
                                      "trusted samples)")
+    min_time_limit: float | None = option(
+        None, above=0, help="+ tasks: seconds per test input at least",
+        default_text="the task's evalplus release's (1 s for 0.3.1)")
+    time_limit_factor: float | None = option(
+        None, above=0, help="+ tasks: per-input limit as a multiple of the canonical solution's "
+        "time", default_text="the task's")
     progress: bool = option(True, help="progress bar (on a terminal)", false_aliases=("--quiet",))
 
 
@@ -88,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
                        ks=ks, workers=o.workers or None, fmt=fmt, timeout=o.timeout,
                        do_sanitize=o.sanitize, unsafe=o.unsafe_no_sandbox,
                        limits=Limits(memory_bytes=o.memory_mb << 20),
+                       min_time_limit=o.min_time_limit,
+                       time_limit_factor=o.time_limit_factor,
                        progress=o.progress and sys.stderr.isatty())
     print(summary_table(results))
     return 0
@@ -132,11 +140,13 @@ def build_program(task: Task, s: Sample, fmt: str, do_sanitize: bool) -> tuple[s
 def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path | None = None,
              ks: list[int] = (1, 10, 100), workers: int | None = None, fmt: str | None = None,
              timeout: float | None = None, do_sanitize: bool = True, unsafe: bool = False,
-             limits: Limits | None = None, progress: bool = False) -> dict:
+             limits: Limits | None = None, progress: bool = False,
+             min_time_limit: float | None = None, time_limit_factor: float | None = None) -> dict:
     fmt = fmt or task.spec.default_format
     t0 = time.time()
     samples_sha = file_sha256(samples_path) if samples_path else ""
-    judge = Judge(task, workers=workers, limits=limits, unsafe=unsafe, timeout=timeout)
+    judge = Judge(task, workers=workers, limits=limits, unsafe=unsafe, timeout=timeout,
+                  min_time_limit=min_time_limit, time_limit_factor=time_limit_factor)
     store = results_store(out, task, samples_sha, fmt, do_sanitize, judge)
     store.claim(f"--out {out}")
     done = {f"{row['task_id']}#{row['completion_id']}": row for row in store.rows()}
@@ -181,7 +191,12 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
                  "count": len(samples)},
         harness={"version": HARNESS_VERSION, "sandbox": "none" if unsafe else "bubblewrap",
                  "workers": judge.workers, "sanitize": do_sanitize,
-                 "timeout": judge.timeout, "limits": vars(judge.limits)},
+                 "timeout": judge.timeout, "limits": vars(judge.limits),
+                 **({"evalplus_version": task.spec.evalplus_version,
+                     "min_time_limit": judge.min_time_limit,
+                     "time_limit_factor": judge.time_limit_factor}
+                    if task.spec.differential else {}),
+                 "sanitizer_changed": _sanitizer_changed(task, samples, done, fmt)},
         generation=samples_meta(samples_path),
         dataset_notes=judge.notes,
         wall_seconds=round(time.time() - t0, 3),
@@ -200,10 +215,25 @@ def results_store(out: Path, task: Task, samples_sha256: str, fmt: str, do_sanit
               "prompt_format": fmt, "sanitize": do_sanitize, "timeout": judge.timeout,
               "limits": vars(judge.limits), "sandbox": "none" if judge.unsafe else "bubblewrap",
               "harness_version": HARNESS_VERSION}
+    if task.spec.differential:  # the per-input limits decide verdicts: a resume must match them
+        header.update(min_time_limit=judge.min_time_limit,
+                      time_limit_factor=judge.time_limit_factor)
     return JsonlStore(out / "executions.jsonl", kind="results dir", header_path=out / "run.json",
                       header=header, own_dir=True, fsync_every_s=1.0,  # a lost verdict is redone
                       noun="results for other samples or settings",
                       fix="rerun with the options it was judged with")
+
+
+def _sanitizer_changed(task: Task, samples: list[Sample], rows: dict[str, dict], fmt: str) -> int:
+    """How many samples were judged as code other than the raw program (0 with --no-sanitize);
+    trailing spaces and blank lines the sanitiser tidies away do not count."""
+    def norm(text: str) -> list[str]:
+        return [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+
+    by_id = task.by_id()
+    return sum(norm(rows[f"{s.task_id}#{s.completion_id}"].get("program") or "") != norm(
+        task.program_for(by_id[s.task_id], completion=s.completion, solution=s.solution,
+                         fmt=fmt)) for s in samples)
 
 
 def _aggregate(task: Task, samples: list[Sample], rows: dict[str, dict], ks: list[int]) -> dict:
@@ -264,6 +294,10 @@ def summary_table(r: dict) -> str:
     lines.append(head)
     for ph, vals in r["pass_at_k"].items():
         lines.append(f"{ph:8}" + "".join(f"{100 * v:9.2f}%" for v in vals.values()))
+    h = r.get("harness", {})
+    if h.get("sanitize"):
+        lines.append(f"sanitiser changed {h.get('sanitizer_changed', 0)} of "
+                     f"{r['samples']['count']} samples (--no-sanitize judges the raw text)")
     sc = r["status_counts"]["all"]
     lines.append("status  " + "  ".join(f"{k} {v}" for k, v in sc.items() if v))
     if r["k_dropped"]:

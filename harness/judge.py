@@ -25,6 +25,10 @@ from codediff.harness.tasks import Problem, Task, load_quirks
 
 from codediff.errors import UserError
 
+# Bumped when what the oracle stores changes (2: huge outputs are recomputed, not digested).
+ORACLE_FORMAT = "oracle/2"
+RECOMPUTE_KEY = "__codediff_recompute__"  # as in _zygote.py (which imports nothing of ours)
+
 
 @dataclass
 class Job:
@@ -41,14 +45,27 @@ def cache_dir() -> Path:
 
 class Judge:
     def __init__(self, task: Task, *, workers: int | None = None, limits: Limits | None = None,
-                 unsafe: bool = False, timeout: float | None = None):
+                 unsafe: bool = False, timeout: float | None = None,
+                 min_time_limit: float | None = None, time_limit_factor: float | None = None):
+        for name, val, what in (("--min-time-limit", min_time_limit, "number of seconds"),
+                                ("--time-limit-factor", time_limit_factor, "factor")):
+            if val is not None and not (val > 0 and val < float("inf")):
+                raise UserError(f"{name} {val}: give a positive {what} (on a slow or busy "
+                                "machine, raise it above the task's default)")
         self.task = task
+        # Per-input limit of `+` tasks = max(floor, factor x the canonical solution's time); the
+        # task's values follow the evalplus release it declares; a slow machine may raise them.
+        self.min_time_limit = task.spec.min_time_limit if min_time_limit is None \
+            else float(min_time_limit)
+        self.time_limit_factor = task.spec.gt_time_limit_factor if time_limit_factor is None \
+            else float(time_limit_factor)
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or Limits()
         self.unsafe = unsafe
         self.timeout = timeout or task.spec.timeout
         self.payloads: dict[str, dict] = {}
         self.timeouts: dict[str, float] = {}
+        self.costs: dict[str, float] = {}  # seconds the canonical solution takes (`+` tasks)
         self.notes: list[str] = []
         if not unsafe:
             check_sandbox()
@@ -68,6 +85,7 @@ class Judge:
         h.update(self.task.dataset.sha256.encode())
         h.update(inspect.getsource(quirks).encode() if quirks else b"")
         h.update(HARNESS_VERSION.encode())
+        h.update(ORACLE_FORMAT.encode())
         return h.hexdigest()[:24]
 
     def _prepare_differential(self, progress: bool) -> None:
@@ -101,16 +119,26 @@ class Judge:
                 if len(keep) < len(inputs):
                     self.notes.append(f"{p.task_id}: the canonical solution fails on "
                                       f"{len(inputs) - len(keep)} {phase} input(s); skipped")
-                limits = [max(spec.min_time_limit, spec.gt_time_limit_factor * res["times"][i])
+                limits = [max(self.min_time_limit, self.time_limit_factor * res["times"][i])
                           for i in keep]
                 phases[phase] = {"inputs": [inputs[i] for i in keep],
                                  "expected": [res["outputs"][i] for i in keep],
                                  "limits": limits}
                 total += min(self.timeout, sum(limits)) + 1.0
+                if phase == "base":
+                    # Base must answer within its own budget (as evalplus times each phase): a
+                    # sample hanging at top level then costs seconds, not the plus budget too.
+                    base_budget = total
+            # Outputs too big to ship are recomputed in the sandbox from the canonical solution.
+            huge = any(type(e) is dict and RECOMPUTE_KEY in e
+                       for ph in phases.values() for e in ph["expected"])
             self.payloads[p.task_id] = {"mode": "differential", "entry_point": p.entry_point,
                                         "atol": p.atol, "oracle": oracles.get(p.entry_point, {}),
-                                        **phases}
+                                        "reference": p.reference if huge else "",
+                                        "base_budget": base_budget, **phases}
             self.timeouts[p.task_id] = total
+            self.costs[p.task_id] = sum(t[ph]["times"][i] for ph in ("base", "plus")
+                                        for i, err in enumerate(t[ph]["errors"]) if not err)
 
     def _compute_oracles(self, oracles: dict, problems: list[Problem], progress: bool) -> dict:
         not_none = {ep for ep, o in oracles.items() if o.get("kind") == "not_none"}
@@ -148,20 +176,28 @@ class Judge:
         if not self.payloads:
             self.prepare()
         # A feeder thread hands jobs over as they are made (sanitising overlaps execution).
-        todo: queue.Queue = queue.Queue(maxsize=4 * self.workers)
+        # `+` tasks differ a thousandfold in cost (a passing Mbpp/599 sample runs ~10 s of plus
+        # inputs, most samples ~3 ms), so their feeder runs ahead without bound and the workers
+        # take the costliest job known first: a heavy job started last would leave the other
+        # workers idle at the end. Base-test tasks keep file order and a short queue.
+        ahead = 0 if self.task.spec.differential else 4 * self.workers
+        todo: queue.PriorityQueue = queue.PriorityQueue(maxsize=ahead)
         done: queue.Queue = queue.Queue()
         n_workers = self.workers
         stop = threading.Event()
         feed_error: list[BaseException] = []
 
         def feed() -> None:
+            seq = 0
             try:
                 for j in jobs:
                     if j.task_id not in self.payloads:
                         raise UserError(f"no tests for {j.task_id} in task {self.task.name}")
+                    seq += 1
+                    item = (-self.costs.get(j.task_id, 0.0), seq, j)
                     while not stop.is_set():
                         try:
-                            todo.put(j, timeout=0.1)
+                            todo.put(item, timeout=0.1)
                             break
                         except queue.Full:
                             continue
@@ -170,14 +206,14 @@ class Judge:
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 feed_error.append(e)
             finally:
-                for _ in range(n_workers):
-                    todo.put(None)
+                for i in range(n_workers):  # after every job, whatever its cost
+                    todo.put((float("inf"), i, None))
 
         def work(slot: int) -> None:
             sb = Sandbox(slot, limits=self.limits, unsafe=self.unsafe)
             try:
                 while not stop.is_set():
-                    job = todo.get()
+                    job = todo.get()[2]
                     if job is None:
                         return
                     try:

@@ -75,8 +75,9 @@ class TaskSpec:
     evalplus_dataset: str = ""
     task_ids: tuple[int, int] | None = None
     fewshot_ids: tuple[int, ...] = ()
-    min_time_limit: float = 4.0
-    gt_time_limit_factor: float = 4.0
+    evalplus_version: str = ""  # the evalplus release whose time limits a `+` task follows
+    min_time_limit: float = 4.0  # seconds per test input at least (set from evalplus_version)
+    gt_time_limit_factor: float = 4.0  # ... or this many times the canonical solution's time
     quirks: str = ""
     spec_file: str = ""
 
@@ -178,8 +179,29 @@ def load_spec(path: Path) -> TaskSpec:
         for name, f in raw.pop("formats").items()
     }
     ids = raw.pop("task_ids", None)
+    _time_limits_from_version(path, raw)
     return TaskSpec(formats=formats, task_ids=tuple(ids) if ids else None,
                     fewshot_ids=tuple(raw.pop("fewshot_ids", ())), spec_file=path.name, **raw)
+
+
+# Per-input time limit = max(floor, factor x the canonical solution's time), as evalplus sets it.
+# evalplus 0.3.1 (the release on the package index) has a 1 s floor; its repository moved to
+# 4 s after that release. A spec names the version whose verdicts it reproduces; explicit
+# `min_time_limit` / `gt_time_limit_factor` in the spec win.
+EVALPLUS_TIME_LIMITS = {"0.3.1": (1.0, 4.0), "repository": (4.0, 4.0)}
+
+
+def _time_limits_from_version(path: Path, raw: dict) -> None:
+    version = raw.get("evalplus_version")
+    if not version:
+        return
+    if version not in EVALPLUS_TIME_LIMITS:
+        raise UserError(f"{path.name}: evalplus_version {version!r} is not known; use one of "
+                        f"{', '.join(EVALPLUS_TIME_LIMITS)} or set min_time_limit and "
+                        "gt_time_limit_factor")
+    floor, factor = EVALPLUS_TIME_LIMITS[version]
+    raw.setdefault("min_time_limit", floor)
+    raw.setdefault("gt_time_limit_factor", factor)
 
 
 def get_spec(name: str) -> TaskSpec:

@@ -32,6 +32,9 @@ def result_row(r: Result) -> dict:
         "score": _score(passk, phases, ks),
         "covered": covered, "total": total, "partial": covered < total,
         "status": (d.get("status_counts") or {}).get("all") or {},
+        # samples judged as other code than their raw text; "off" when judged raw (--no-sanitize)
+        "sanitised": ("off" if harness.get("sanitize") is False
+                      else harness.get("sanitizer_changed")),
         "decoding": decoding(sampler), "decoding_text": decoding_text(sampler),
         "nfe": totals.get("nfe"), "tokens_per_forward": totals.get("tokens_per_forward"),
         # `tokens` in the sidecar counts completion tokens only, so this is output tokens/s
