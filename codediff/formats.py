@@ -204,7 +204,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1)
 # IDENTITY_IGNORES, may differ (they say how the work was done, not what it is).
 IDENTITIES: dict[str, tuple[str, ...]] = {
     "results dir": ("task", "dataset_sha256", "samples_sha256", "prompt_format", "sanitize",
-                    "timeout", "limits", "sandbox", "harness_version"),
+                    "timeout", "limits", "sandbox", "harness_version",
+                    # + tasks only: the per-input time limits decide verdicts
+                    "min_time_limit", "time_limit_factor"),
     "samples": ("model", "task", "dataset", "prompt_format", "problems", "settings"),
     "run dir": ("objective", "model", "train", "corpus", "seq_len", "steps"),
 }

@@ -214,10 +214,10 @@ def results_store(out: Path, task: Task, samples_sha256: str, fmt: str, do_sanit
               "dataset_sha256": task.dataset.sha256, "samples_sha256": samples_sha256,
               "prompt_format": fmt, "sanitize": do_sanitize, "timeout": judge.timeout,
               "limits": vars(judge.limits), "sandbox": "none" if judge.unsafe else "bubblewrap",
-              "harness_version": HARNESS_VERSION}
-    if task.spec.differential:  # the per-input limits decide verdicts: a resume must match them
-        header.update(min_time_limit=judge.min_time_limit,
-                      time_limit_factor=judge.time_limit_factor)
+              "harness_version": HARNESS_VERSION,
+              # + tasks: the per-input limits decide verdicts (null for base-test tasks)
+              "min_time_limit": judge.min_time_limit if task.spec.differential else None,
+              "time_limit_factor": judge.time_limit_factor if task.spec.differential else None}
     return JsonlStore(out / "executions.jsonl", kind="results dir", header_path=out / "run.json",
                       header=header, own_dir=True, fsync_every_s=1.0,  # a lost verdict is redone
                       noun="results for other samples or settings",

@@ -60,7 +60,8 @@ def _results_header(**changes) -> dict:
     header = {"schema": formats.RESULTS_RUN_SCHEMA, "task": "humaneval", "dataset_sha256": "d",
               "samples_sha256": "s", "prompt_format": "completion", "sanitize": True,
               "timeout": 3.0, "limits": {"memory_bytes": 4 << 30, "processes": 64},
-              "sandbox": "bubblewrap", "harness_version": "0.1.0"}
+              "sandbox": "bubblewrap", "harness_version": "0.1.0", "min_time_limit": None,
+              "time_limit_factor": None}
     header.update(changes)
     return header
 
