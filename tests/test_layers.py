@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from codediff.cli import COMMANDS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # codediff modules that need torch or belong to training / generation
@@ -71,8 +73,7 @@ def test_judge_and_reports_import_without_torch():
     assert json.loads(r.stdout) == []
 
 
-@pytest.mark.parametrize("command", ["evaluate", "tasks", "codechoice", "report", "generate",
-                                     "train", "corpus", "score", "export"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_help_is_torch_free(command):
     code = ("import sys\nfrom codediff.cli import main\n"
             f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
