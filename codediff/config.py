@@ -215,7 +215,7 @@ class GenerateConfig:
     prompt_format: str | None = option(None, help="prompt format of the task spec",
                                        default_text="the task's default", group="io")
     data: str | None = option(None, help="task data file or folder",
-                              default_text="$CODEDIFF_DATA or packaged data", group="io")
+                              default_text="$CODEDIFF_DATA, ../shared/data beside a checkout, packaged files, then the hub", group="io")
     # `-n` too: under torchrun `--n` is an ambiguous abbreviation of torchrun's own options
     n: int = option(1, min=1, short="-n", help="samples per problem", group="io")
     limit: int | None = option(None, min=1, help="only the first N problems",

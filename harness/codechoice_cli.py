@@ -22,7 +22,9 @@ class CodechoiceOptions:
     seed: int = option(0, min=0, help="seed of the problem order and mutant choice")
     limit: int | None = option(None, min=1, help="keep at most this many rows",
                                default_text="all")
-    data: str | None = option(None, help="task data folder", default_text="$CODEDIFF_DATA")
+    data: str | None = option(None, help="task data folder",
+                              default_text="$CODEDIFF_DATA, ../shared/data beside a checkout, "
+                              "packaged files, then the hub")
     workers: int = option(0, min=0, help="parallel sandboxes (0 = all cores)")
     overwrite: bool = option(False, negatable=False,
                              help="replace an existing --out")

@@ -51,7 +51,8 @@ class EvaluateOptions:
                     "per task are left out)")
     workers: int = option(0, min=0, help="parallel sandboxes (0 = all cores)")
     data: str | None = option(None, help="task data file or folder",
-                              default_text="$CODEDIFF_DATA, then files shipped in packages")
+                              default_text="$CODEDIFF_DATA, ../shared/data beside a checkout, "
+                              "packaged files, then the hub")
     format: str | None = option(None, help="prompt format the samples were made with",
                                 default_text="samples.meta.json beside the samples, else the "
                                 "task's")
