@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from codediff.sampling import DEFAULT_TAU  # noqa: E402 - torch-free; after the path set-up
+
 
 def configs(args: argparse.Namespace) -> dict[str, dict]:
     dlm = dict(gen_length=args.gen_length, block_length=args.block_length,
@@ -90,7 +92,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=32, help="first N problems")
     p.add_argument("--gen-length", type=int, default=256)
     p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--tau", type=float, default=0.9)
+    p.add_argument("--tau", type=float, default=DEFAULT_TAU)
     p.add_argument("--extra-taus", type=float, nargs="*", default=[],
                    help="also threshold + dual cache at these tau (the speed/quality trade-off)")
     p.add_argument("--batch-size", type=int, default=1, help="1 = latency setting of Fast-dLLM")

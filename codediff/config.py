@@ -13,7 +13,7 @@ from typing import Any
 
 from codediff.errors import UserError
 from codediff.options import check, option
-from codediff.sampling import CACHES, SAMPLERS
+from codediff.sampling import CACHES, DEFAULT_TAU, SAMPLERS
 
 SCHEDULES = ("cosine", "wsd", "constant")
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
@@ -246,7 +246,7 @@ class GenerateConfig:
     # DLM
     sampler: str = option("low_confidence", choices=tuple(SAMPLERS), kind="dlm",
                           help="which masked positions to commit at each step", group="dlm")
-    tau: float = option(0.9, min=0, max=1, kind="dlm", help="threshold sampler: confidence bar",
+    tau: float = option(DEFAULT_TAU, min=0, max=1, kind="dlm", help="threshold sampler: confidence bar",
                         group="dlm")
     factor: float = option(1.0, min=0, kind="dlm", help="factor sampler: f", group="dlm")
     gamma: float = option(0.01, min=0, kind="dlm", help="entropy_bounded sampler: entropy "

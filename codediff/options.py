@@ -184,28 +184,30 @@ class _Bool(argparse.BooleanOptionalAction):
         _mark(namespace, self.dest)
 
 
-class _True(argparse.Action):
+class _Set(argparse.Action):
+    """A flag without a value that sets a boolean to `value` and marks it as given."""
+
+    value: bool
+
+    def __init__(self, option_strings, dest, **kw):
+        kw.pop("nargs", None)
+        super().__init__(option_strings, dest, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.value)
+        _mark(namespace, self.dest)
+
+
+class _True(_Set):
     """A switch that sets a boolean to True (no --no- form)."""
 
-    def __init__(self, option_strings, dest, **kw):
-        kw.pop("nargs", None)
-        super().__init__(option_strings, dest, nargs=0, **kw)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, True)
-        _mark(namespace, self.dest)
+    value = True
 
 
-class _False(argparse.Action):
+class _False(_Set):
     """A hidden alias that sets a boolean to False (e.g. --quiet = --no-progress)."""
 
-    def __init__(self, option_strings, dest, **kw):
-        kw.pop("nargs", None)
-        super().__init__(option_strings, dest, nargs=0, **kw)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, False)
-        _mark(namespace, self.dest)
+    value = False
 
 
 def _mark(namespace: argparse.Namespace, dest: str) -> None:

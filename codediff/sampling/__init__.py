@@ -20,5 +20,8 @@ SAMPLERS: dict[str, tuple[str, str]] = {
     "entropy_bounded": ("prob", "entropy_bounded"),
 }
 
+# The threshold sampler's confidence bar unless one is given (Fast-dLLM's setting).
+DEFAULT_TAU = 0.9
+
 # KV cache modes of DLM decoding: none, prefix (Fast-dLLM) or dual (prefix + suffix).
 CACHES: tuple[str, ...] = ("none", "prefix", "dual")

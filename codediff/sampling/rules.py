@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from codediff.sampling import SAMPLERS, kernel  # noqa: F401 - SAMPLERS: name -> (score, rule)
+from codediff.sampling import DEFAULT_TAU, SAMPLERS, kernel  # noqa: F401 - SAMPLERS: name -> (score, rule)
 
 NEG_INF = float("-inf")
 
@@ -39,7 +39,7 @@ class CommitRule:
     """A named DLM sampler and its one knob (tau, factor or gamma; unused for schedule rules)."""
 
     name: str = "low_confidence"
-    tau: float = 0.9          # threshold
+    tau: float = DEFAULT_TAU  # threshold
     factor: float = 1.0       # factor
     gamma: float = 0.01       # entropy_bounded (nats)
 
