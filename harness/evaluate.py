@@ -129,7 +129,11 @@ def build_program(task: Task, s: Sample, fmt: str, do_sanitize: bool) -> tuple[s
     problem = task.by_id()[s.task_id]
     completion_mode = s.solution is None and task.format(fmt).program == "prompt+completion"
     prompt = problem.prompt if completion_mode else ""
-    if not do_sanitize:
+    # An infilling answer is a fragment between two fixed texts: there are no fences, chatter
+    # or top-level test code to take out, and pruning or cutting the assembled program would
+    # change verdicts that upstream (which runs it as it is) gives. So it is judged as assembled.
+    infill = s.solution is None and task.format(fmt).program.endswith("+suffix")
+    if not do_sanitize or infill:
         return task.program_for(problem, completion=s.completion, solution=s.solution,
                                 fmt=fmt), []
     result = sanitize(s.raw, entry_point=problem.entry_point, prompt=prompt,
@@ -199,7 +203,7 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
                     if task.spec.differential else {}),
                  "sanitizer_changed": _sanitizer_changed(task, samples, done, fmt)},
         generation=samples_meta(samples_path),
-        dataset_notes=judge.notes,
+        dataset_notes=task.notes + judge.notes,
         wall_seconds=round(time.time() - t0, 3),
     )
     atomic_write_json(out / "results.json", results)

@@ -3,7 +3,9 @@
 A task is a list of problems plus the rules to turn a problem into a prompt (per prompt format),
 a sample into a program, and a program into a verdict (base tests, or differential testing against
 the canonical solution for the EvalPlus `+` tasks). Everything task-specific lives in `tasks/`;
-this module only knows the three loader kinds: `humaneval`, `mbpp`, `evalplus`.
+this module only knows the loader kinds `humaneval`, `mbpp`, `evalplus`, and the two infilling
+kinds of `harness/infill.py` (`humaneval-infilling` reads the upstream files, `mbpp-infill` builds
+single-line holes from MBPP's reference solutions).
 
 Data comes from the first of (`data_sources()` says which apply):
   1. an explicit `data` path (`--data FILE|DIR`),
@@ -49,13 +51,24 @@ CHECKOUT_DATA: Path | None = (_ROOT.parent / "shared" / "data"
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
+# How a sample's text becomes the judged program (a format's `program`):
+#   completion               the sample is the whole program
+#   prompt+completion        the text before the hole (the prompt), then the sample
+#   prompt+completion+suffix the text before the hole, the sample, the text after it (infilling)
+#   prompt+line+suffix       as above, the sample cut at its first line break and the line break
+#                            put back: the answer to a one-line hole ends at the end of its line
+PROGRAMS = ("completion", "prompt+completion", "prompt+completion+suffix", "prompt+line+suffix")
+HOLES = ("single-line", "multi-line", "span")
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     name: str
     template: str
-    program: str  # "prompt+completion" or "completion"
+    program: str  # one of PROGRAMS
     stop: tuple[str, ...]
     shot: str = ""
+    suffix: str = ""  # template of the text shown after the hole; "" = a left-to-right prompt
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,9 @@ class TaskSpec:
     min_time_limit: float = 4.0  # seconds per test input at least (set from evalplus_version)
     gt_time_limit_factor: float = 4.0  # ... or this many times the canonical solution's time
     quirks: str = ""
+    hole: str = ""  # infilling tasks: what kind of hole each problem has (one of HOLES)
+    header: str = ""  # mbpp-infill: template of the text above the reference code ({text}, ...)
+    id_prefix: str = ""  # every task id of the data file starts with this (infilling sets)
     spec_file: str = ""
 
     @property
@@ -100,6 +116,13 @@ class Problem:
     base_input: list[Any] = field(default_factory=list)
     plus_input: list[Any] = field(default_factory=list)
     atol: float = 0.0
+    suffix: str = ""  # infilling: the text after the hole (`prompt` is the text before it)
+
+    @property
+    def canonical_fill(self) -> str:
+        """Infilling: the reference's text between prompt and suffix (what the hole held)."""
+        end = len(self.reference) - len(self.suffix)
+        return self.reference[len(self.prompt):end]
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,7 @@ class Task:
     problems: list[Problem]
     dataset: DatasetId
     fewshot: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the data was built (results.json)
 
     @property
     def name(self) -> str:
@@ -140,22 +164,33 @@ class Task:
         shots = "".join(f.shot.format(**_fields(p)) for p in self.fewshot) if f.shot else ""
         return f.template.format(shots=shots, **_fields(problem))
 
+    def suffix_for(self, problem: Problem, fmt: str | None = None) -> str:
+        """The text shown after the hole ("" for a left-to-right format)."""
+        f = self.format(fmt)
+        return f.suffix.format(**_fields(problem)) if f.suffix else ""
+
     def stop_sequences(self, fmt: str | None = None) -> list[str]:
         return list(self.format(fmt).stop)
 
     def program_for(self, problem: Problem, *, completion: str | None = None,
                     solution: str | None = None, fmt: str | None = None) -> str:
-        """The program a sample stands for: a whole solution, or prompt + completion."""
+        """The program a sample stands for: a whole solution, the completion alone, or the
+        completion put between the problem's prompt and suffix (PROGRAMS)."""
         if solution is not None:
             return solution
         assert completion is not None
-        if self.format(fmt).program == "completion":
+        program = self.format(fmt).program
+        if program == "completion":
             return completion
-        return problem.prompt + completion
+        if program == "prompt+completion":
+            return problem.prompt + completion
+        if program == "prompt+line+suffix":
+            return problem.prompt + completion.split("\n", 1)[0] + "\n" + problem.suffix
+        return problem.prompt + completion + problem.suffix
 
 
 def _fields(p: Problem) -> dict[str, str]:
-    return {"prompt": p.prompt, "text": p.text, "code": p.reference.strip(),
+    return {"prompt": p.prompt, "suffix": p.suffix, "text": p.text, "code": p.reference.strip(),
             "tests": "\n".join(p.tests), "first_test": p.tests[0] if p.tests else "",
             "entry_point": p.entry_point, "task_id": p.task_id}
 
@@ -175,9 +210,17 @@ def load_spec(path: Path) -> TaskSpec:
         raw = tomllib.load(f)
     formats = {
         name: PromptFormat(name=name, template=f["template"], program=f["program"],
-                           stop=tuple(f.get("stop", ())), shot=f.get("shot", ""))
+                           stop=tuple(f.get("stop", ())), shot=f.get("shot", ""),
+                           suffix=f.get("suffix", ""))
         for name, f in raw.pop("formats").items()
     }
+    for f in formats.values():
+        if f.program not in PROGRAMS:
+            raise UserError(f"{path.name}: format {f.name!r} has program {f.program!r}; use one "
+                            f"of {', '.join(PROGRAMS)}")
+    if raw.get("hole", "") not in ("", *HOLES):
+        raise UserError(f"{path.name}: hole {raw['hole']!r} is not known; use one of "
+                        f"{', '.join(HOLES)}")
     ids = raw.pop("task_ids", None)
     _time_limits_from_version(path, raw)
     return TaskSpec(formats=formats, task_ids=tuple(ids) if ids else None,
@@ -238,6 +281,12 @@ def load_task(name: str, data: str | os.PathLike | None = None, *,
         problems = [_mbpp_problem(by_num[i]) for i in range(lo, hi + 1)]
         fewshot = [_mbpp_problem(by_num[i]) for i in spec.fewshot_ids]
         return Task(spec, problems, _dataset_id(spec, path), fewshot)
+    if spec.loader in ("humaneval-infilling", "mbpp-infill"):
+        from codediff.harness import infill  # infill.py builds on this module's types
+
+        rows = _read_jsonl(path) if path else _mbpp_from_hub(spec)
+        check_kind(spec, rows, path or spec.hub)
+        return infill.load(spec, rows, path)
     if spec.loader == "evalplus":
         if path is None:
             rows = _evalplus_online(spec)
@@ -303,7 +352,7 @@ def _resolve_file(spec: TaskSpec, data: str | os.PathLike | None,
             raise UserError(f"task {spec.name} needs the package {pkg!r}: `make install`") from e
     # Hub / evalplus downloads only when no data folder was found at all: a folder that lacks
     # the file is a mistake to report, not a reason to reach for the network.
-    if allow_download and root is None and spec.loader == "mbpp" and spec.hub:
+    if allow_download and root is None and spec.loader in ("mbpp", "mbpp-infill") and spec.hub:
         _check_online(spec, *_hub_address())
         return None
     if allow_download and root is None and spec.loader == "evalplus":
@@ -396,6 +445,8 @@ _REQUIRED = {
     "humaneval+": ("task_id", "prompt", "canonical_solution", "entry_point"),
     "mbpp": ("task_id", "text", "code", "test_list"),
     "mbpp+": ("task_id", "prompt", "canonical_solution", "entry_point"),
+    "humaneval-infilling": ("task_id", "prompt", "suffix", "canonical_solution", "test",
+                            "entry_point"),
 }
 # how to get each task's data right
 _WANTED = {
@@ -404,6 +455,7 @@ _WANTED = {
     "humaneval+": "pass a HumanEvalPlus.jsonl in the evalplus release format",
     "mbpp": "pass mbpp/mbpp.jsonl (the original 974-row MBPP)",
     "mbpp+": "pass evalplus/MbppPlus-*.jsonl",
+    "humaneval-infilling": "pass the matching humaneval-infilling/HumanEval-*Infilling.jsonl.gz",
 }
 
 
@@ -431,7 +483,17 @@ def data_kind(row: Any) -> str:
 def expected_kind(spec: TaskSpec) -> str:
     if spec.loader == "evalplus":
         return f"{spec.evalplus_dataset}+"
+    if spec.loader == "mbpp-infill":  # built from the original MBPP file
+        return "mbpp"
     return spec.loader
+
+
+def task_for_id_prefix(task_id: str) -> str:
+    """The task whose data file holds ids like `task_id` (infilling sets), or ""."""
+    for name, spec in available_tasks().items():
+        if spec.id_prefix and str(task_id).startswith(spec.id_prefix):
+            return name
+    return ""
 
 
 def check_kind(spec: TaskSpec, rows: list[Any], where: str | os.PathLike) -> None:
@@ -441,17 +503,25 @@ def check_kind(spec: TaskSpec, rows: list[Any], where: str | os.PathLike) -> Non
         kind = data_kind(row)
         if kind == want:
             missing = [k for k in _REQUIRED.get(want, ()) if k not in row]
-            if not missing:
-                continue
-            raise UserError(f"{where}: row {i} lacks {', '.join(missing)}; a {spec.name} data "
-                            f"file needs them: {_WANTED.get(want, '')}")
+            if missing:
+                raise UserError(f"{where}: row {i} lacks {', '.join(missing)}; a {spec.name} "
+                                f"data file needs them: {_WANTED.get(want, '')}")
+            if spec.id_prefix and not str(row["task_id"]).startswith(spec.id_prefix):
+                # the four HumanEval infilling sets share one layout: tell them apart by id
+                other = task_for_id_prefix(row["task_id"])
+                hint = f"use --task {other} for this file, or " if other else ""
+                raise UserError(f"{where}: looks like {KINDS[kind][0]} with task ids like "
+                                f"{row['task_id']!r}, not {spec.name} data; {hint}"
+                                f"{_WANTED[want]}")
+            continue
         if kind == "unknown":
             fields = ", ".join(sorted(map(str, row))[:8]) if isinstance(row, dict) else \
                 type(row).__name__
             looks = f"row {i} is not a {spec.name} row (fields: {fields})"
         else:
             looks = f"looks like {KINDS[kind][0]}" + (f" (row {i})" if i > 1 else "")
-        other = KINDS.get(kind, ("", ""))[1]
+        other = KINDS.get(kind, ("", ""))[1] or (
+            task_for_id_prefix(row.get("task_id", "")) if kind == "humaneval-infilling" else "")
         hint = f"use --task {other} for this file, or {_WANTED[want]}" if other else \
             _WANTED[want]
         raise UserError(f"{where}: {looks}, not {spec.name} data; {hint}")
@@ -579,7 +649,9 @@ def contamination_texts(data_dir: str | os.PathLike | None = None
     Covers HumanEval (shipped), all 974 MBPP rows (every split), and the `+` tasks whose files
     are present. Tasks whose data is not available offline are skipped (nothing is downloaded).
     """
-    for name in available_tasks():
+    for name, spec in available_tasks().items():
+        if spec.loader in ("humaneval-infilling", "mbpp-infill"):
+            continue  # HumanEval and MBPP cut into holes: the same texts, already covered
         try:
             task = load_task(name, data_dir, allow_download=False) if name != "mbpp" \
                 else _mbpp_all_rows(data_dir)

@@ -72,7 +72,11 @@ def test_every_task_against_every_data_file(data_dir):
     """Each task loads the files of its kind and refuses every other one in one line that
     names the file, what it looks like and which task reads it."""
     accepts = {"humaneval": {"humaneval"}, "mbpp": {"mbpp/mbpp.jsonl"},
-               "mbpp+": {"evalplus/MbppPlus-2023-11-16.jsonl"}, "humaneval+": set()}
+               "mbpp+": {"evalplus/MbppPlus-2023-11-16.jsonl"}, "humaneval+": set(),
+               "mbpp-infill-single": {"mbpp/mbpp.jsonl"}}
+    for name, stem in (("single", "SingleLineInfilling"), ("multi", "MultiLineInfilling"),
+                       ("span", "RandomSpanInfilling"), ("span-light", "RandomSpanInfillingLight")):
+        accepts[f"humaneval-infill-{name}"] = {f"humaneval-infilling/HumanEval-{stem}.jsonl.gz"}
     assert set(accepts) == set(available_tasks())
     for task in available_tasks():
         for name, f in data_files(data_dir).items():

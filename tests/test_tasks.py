@@ -7,7 +7,10 @@ from codediff.errors import UserError
 
 
 def test_specs_declared():
-    assert set(available_tasks()) == {"humaneval", "humaneval+", "mbpp", "mbpp+"}
+    assert set(available_tasks()) == {"humaneval", "humaneval+", "mbpp", "mbpp+",
+                                      "humaneval-infill-single", "humaneval-infill-multi",
+                                      "humaneval-infill-span", "humaneval-infill-span-light",
+                                      "mbpp-infill-single"}
 
 
 def test_humaneval_ships_with_package():
