@@ -650,12 +650,20 @@ def contamination_texts(data_dir: str | os.PathLike | None = None
     are present. Tasks whose data is not available offline are skipped (nothing is downloaded).
     """
     for name, spec in available_tasks().items():
-        if spec.loader in ("humaneval-infilling", "mbpp-infill"):
-            continue  # HumanEval and MBPP cut into holes: the same texts, already covered
         try:
             task = load_task(name, data_dir, allow_download=False) if name != "mbpp" \
                 else _mbpp_all_rows(data_dir)
         except UserError:
+            continue
+        if spec.loader in ("humaneval-infilling", "mbpp-infill"):
+            # A hole's prompt and suffix are a prefix and a suffix of its reference, and the
+            # holes of one problem share reference and test: each distinct text once suffices.
+            seen: set[str] = set()
+            for p in task.problems:
+                for text in (p.reference, p.test):
+                    if text.strip() and text not in seen:
+                        seen.add(text)
+                        yield task.name, p.task_id, text
             continue
         for p in task.problems:
             for text in (p.prompt, p.reference, p.test, "\n".join(p.tests)):

@@ -15,12 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"{'task':12} {'problems':>8}  {'formats':24} data")
-    for name, spec in available_tasks().items():
+    specs = available_tasks()
+    width = max(map(len, specs))
+    print(f"{'task':{width}} {'problems':>8}  {'formats':24} data")
+    for name, spec in specs.items():
         try:
             task = load_task(name, args.data)
             n, where = str(len(task.problems)), f"{task.dataset.path} ({task.dataset.sha256[:12]})"
         except UserError as e:
             n, where = "-", f"unavailable: {e}"
-        print(f"{name:12} {n:>8}  {','.join(spec.formats):24} {where}")
+        print(f"{name:{width}} {n:>8}  {','.join(spec.formats):24} {where}")
     return 0

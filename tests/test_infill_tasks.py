@@ -19,7 +19,7 @@ from codediff.harness import infill
 from codediff.harness.evaluate import evaluate
 from codediff.harness.samples import read_samples
 from codediff.harness.selfcheck import mutant
-from codediff.harness.tasks import available_tasks, get_spec, load_task
+from codediff.harness.tasks import available_tasks, contamination_texts, get_spec, load_task
 from codediff.tasks import mbpp_infill_trivial
 
 from codediff.errors import UserError
@@ -285,3 +285,15 @@ def test_prefix_format_judges_the_line(tmp_path, data_dir):
     # judged as written: junk after the line fails; a line without its break runs into the next
     assert all(r["status"] != "passed" for r in infill_rows if r["completion_id"] == 1)
     assert sum(r["status"] == "passed" for r in infill_rows) < 30
+
+
+def test_decontamination_covers_infill_tasks(data_dir):
+    """Corpus decontamination knows the infilling tasks (each distinct reference and test once),
+    so a corpus build does not report them as missing."""
+    by_task: dict[str, set[str]] = collections.defaultdict(set)
+    for task, _, text in contamination_texts(data_dir):
+        by_task[task].add(text)
+    for name in [*HUMANEVAL_SETS, "mbpp-infill-single"]:
+        t = load_task(name, data_dir)
+        assert {p.reference for p in t.problems} <= by_task[name]
+        assert {p.test for p in t.problems} <= by_task[name]
