@@ -198,21 +198,21 @@ def parse_tokens(text: str | int) -> int:
 
 def _config_diff(old: dict, new: dict) -> list[str]:
     """The run-identity differences between two run.json records (see run_store)."""
-    old_train = old.get("train") or {}
-    added = [f"train.{k}" for k, v in ADDED_TRAIN_FIELDS.items()
-             if k not in old_train and (new.get("train") or {}).get(k) == v]
     return identity_diff(old, new, sorted(set(old) | set(new)),
-                         ignore=[f"train.{k}" for k in RESUMABLE_CHANGES] + added)
+                         ignore=[f"train.{k}" for k in RESUMABLE_CHANGES]
+                         + _added_at_default(old, new))
 
 
-def _added_at_default(run_json: Path, record: dict) -> list[str]:
-    """The `train.*` fields added since a run dir on disk was made (ADDED_TRAIN_FIELDS) that the
-    new record leaves at their default: not a difference, so such runs still resume."""
-    try:
-        old_train = json.loads(run_json.read_text()).get("train") or {}
-    except (OSError, ValueError):
-        return []
-    new_train = record.get("train") or {}
+def _added_at_default(old: dict | Path, new: dict) -> list[str]:
+    """The `train.*` fields added since an old run.json (a record, or its path) was written
+    (ADDED_TRAIN_FIELDS) that the new record leaves at their default: not a difference, so such
+    runs still resume."""
+    if isinstance(old, Path):
+        try:
+            old = json.loads(old.read_text())
+        except (OSError, ValueError):
+            return []
+    old_train, new_train = old.get("train") or {}, new.get("train") or {}
     return [f"train.{k}" for k, default in ADDED_TRAIN_FIELDS.items()
             if k not in old_train and new_train.get(k) == default]
 

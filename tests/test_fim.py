@@ -334,6 +334,11 @@ def test_refusals(corpora, tmp_path, capsys):
     assert "\n" not in msg and "<|fim_prefix|>" in msg and "rebuild the corpus" in msg
     assert not (tmp_path / "old-run").exists()
     # ... still trains without FIM
-    assert Trainer(corpora["old"], tmp_path / "old-plain", model,
-                   replace(cfg, fim_rate=0.0, fim_spm_rate=0.0, total_tokens=8 * 32 * 2),
-                   Dist()).fit()["done"]
+    plain = replace(cfg, fim_rate=0.0, fim_spm_rate=0.0, total_tokens=8 * 32 * 2)
+    run = tmp_path / "old-plain"
+    assert Trainer(corpora["old"], run, replace(model), plain, Dist()).fit()["done"]
+    # a run dir from before the FIM fields existed is still the same run
+    record = json.loads((run / "run.json").read_text())
+    del record["train"]["fim_rate"], record["train"]["fim_spm_rate"]
+    (run / "run.json").write_text(json.dumps(record))
+    assert Trainer(corpora["old"], run, replace(model), plain, Dist()).fit()["resumed_from"] == 2
