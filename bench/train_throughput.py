@@ -12,6 +12,8 @@ the bf16 matmul rate measured on the same card in the same run.
 
   python bench/train_throughput.py                       # H100: tiny and small, ar and mdm
   python bench/train_throughput.py --device cpu --toy    # a minute on a laptop CPU
+  python bench/train_throughput.py --configs tiny --objectives ar --extra fim --repeats 5
+                                                         # ar against ar --fim-rate 0.5
 """
 
 from __future__ import annotations
@@ -91,8 +93,13 @@ def make_corpus(root: Path, vocab: int, tokens: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name, n in (("train", tokens), ("val", 1 << 16)):
-        rng.integers(3, vocab, n, dtype=np.uint16).tofile(root / f"{name}.bin")
-    Tokenizer(WordLevel({"<|endoftext|>": 0, "<|mask|>": 1, "<|pad|>": 2}, unk_token="<|pad|>")) \
+        ids = rng.integers(6, vocab, n, dtype=np.uint16)
+        # documents of ~2000 tokens on average (about one per `tiny` window, as in the stdlib
+        # corpus), which is what the `fim` variant's per-document transform sees
+        ids[rng.random(n) < 1 / 2000] = 0
+        ids.tofile(root / f"{name}.bin")
+    Tokenizer(WordLevel({"<|endoftext|>": 0, "<|mask|>": 1, "<|pad|>": 2, "<|fim_prefix|>": 3,
+                         "<|fim_middle|>": 4, "<|fim_suffix|>": 5}, unk_token="<|pad|>")) \
         .save(str(root / "tokenizer.json"))
     manifest = {"schema": CORPUS_SCHEMA, "dtype": "uint16",
                 "tokenizer": {"vocab_size": vocab, "eot_id": 0, "mask_id": 1, "pad_id": 2},
@@ -235,16 +242,18 @@ def codediff_loop(cfg: ModelConfig, objective: str, batch: int, seq: int, device
 
     # a variant is "+"-joined: a compile mode, "cdt" (inductor coordinate-descent tuning),
     # an attention kernel (cudnn, flash, efficient), "fullhead" (mdm: the output head on every
-    # position instead of the masked ones only) and/or "nofusedrope" (RoPE left to the compiler)
+    # position instead of the masked ones only), "nofusedrope" (RoPE left to the compiler)
+    # and/or "fim" (ar: --fim-rate 0.5, the FIM transform of codediff.fim on every batch)
     parts = compile_mode.split("+")
-    flags = ("cdt", "cudnn", "flash", "efficient", "fullhead", "nofusedrope")
+    flags = ("cdt", "cudnn", "flash", "efficient", "fullhead", "nofusedrope", "fim")
     inductor_config.coordinate_descent_tuning = "cdt" in parts
     attention = next((p for p in parts if p in ("cudnn", "flash", "efficient")), "auto")
     mode = next((p for p in parts if p not in flags), "auto")
     tcfg = TrainConfig(objective=objective, total_tokens=10**12, batch_size=batch,
                        micro_batch=batch, lr=1e-4, compile=compile_, compile_mode=mode,
                        attention=attention, progress=False, val_tokens=seq,
-                       mdm_masked_head="fullhead" not in parts)
+                       mdm_masked_head="fullhead" not in parts,
+                       fim_rate=0.5 if "fim" in parts else 0.0)
     with tempfile.TemporaryDirectory() as out:
         t = Trainer(corpus, out, replace(cfg, max_seq_len=seq), tcfg, Dist(device=device))
         t.build()
@@ -323,7 +332,8 @@ def main() -> int:
                 variants = [("plain", None), ("codediff", "auto")]
                 if cname in (args.extra_configs or configs[0]).split(","):
                     variants += [("codediff", m) for m in args.extra.split(",")
-                                 if m and not (obj == "ar" and "fullhead" in m)]
+                                 if m and not (obj == "ar" and "fullhead" in m)
+                                 and not (obj == "mdm" and "fim" in m.split("+"))]
                 if args.only_extra and cname not in args.baseline_configs.split(","):
                     variants = [v for v in variants if v[1] not in (None, "auto")]
                 for kind, mode in variants:

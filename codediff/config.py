@@ -156,6 +156,11 @@ class TrainConfig:
                                        "input token")
     ar_input_noise_prob: float = option(0.0, min=0, max=1, help="ar: probability of replacing "
                                         "an input token by a random one")
+    # fill-in-the-middle (codediff.fim; docs/training.md)
+    fim_rate: float = option(0.0, min=0, max=1, help="ar: probability that a document is "
+                             "trained in fill-in-the-middle form (Bavarian et al. use 0.5)")
+    fim_spm_rate: float = option(0.0, min=0, max=1, help="ar: probability that a FIM document "
+                                 "takes the SPM order (suffix first) instead of PSM")
     # validation and checkpoints at log-spaced token counts
     val_tokens: int = option(1_000_000, count=True, min=1, help="validation tokens per "
                              "evaluation, e.g. 1M")
@@ -193,6 +198,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         check(self)
+        if self.objective != "ar" and (self.fim_rate > 0 or self.fim_spm_rate > 0):
+            raise UserError(f"--fim-rate / --fim-spm-rate apply to --objective ar only "
+                            f"({self.objective} fills a hole natively); drop them")
+        if self.fim_spm_rate > 0 and self.fim_rate == 0:
+            raise UserError("--fim-spm-rate has no effect without --fim-rate; add --fim-rate "
+                            "(e.g. 0.5) or drop --fim-spm-rate")
 
 
 # ----------------------------------------------------------------------------- generation

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,11 +164,15 @@ class EpochOrder:
 
 
 class TrainStream:
-    """The packed training sequences in seeded per-epoch order, addressed by global index."""
+    """The packed training sequences in seeded per-epoch order, addressed by global index.
+    `transform(windows, global_indices)` (e.g. codediff.fim.FimTransform) rewrites each batch;
+    it must be a pure function of its arguments, so the stream stays one of (seed, index)."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int):
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int,
+                 transform: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None):
         self.packed = PackedSequences(tokens, seq_len)
         self.order = EpochOrder(len(self.packed), seed)
+        self.transform = transform
 
     @property
     def sequences_per_epoch(self) -> int:
@@ -175,7 +180,10 @@ class TrainStream:
 
     def batch(self, start: int, count: int) -> np.ndarray:
         """Sequences start .. start+count-1 of the global stream: int64 [count, seq_len + 1]."""
-        return self.packed.gather(self.order.indices(start, count))
+        x = self.packed.gather(self.order.indices(start, count))
+        if self.transform is not None:
+            x = self.transform(x, np.arange(start, start + count, dtype=np.int64))
+        return x
 
 
 def val_windows(tokens: np.ndarray, seq_len: int, max_tokens: int) -> np.ndarray:

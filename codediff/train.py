@@ -33,6 +33,7 @@ from codediff.checkpoints import save_checkpoint
 from codediff.config import ATTENTION_BACKENDS, SCHEDULES, ModelConfig, TrainConfig  # noqa: F401
 from codediff.data import Corpus, TrainStream, open_corpus, val_windows
 from codediff.errors import UserError, is_out_of_memory
+from codediff.fim import FIM_TOKENS, FimTransform, corpus_fim_ids
 from codediff.formats import RUN_SCHEMA, JsonlStore, identity_diff
 from codediff.model import Transformer, attention_without_cudnn
 from codediff.objectives import (
@@ -52,6 +53,9 @@ RESUMABLE_CHANGES = {"compile", "compile_mode", "attention", "log_every", "save_
                      "save_every_steps", "progress", "micro_batch", "dist",
                      "activation_checkpointing", "dtype", "stop_after_steps",
                      "mdm_masked_head"}  # the same loss either way
+# identity fields added to TrainConfig after run dirs existed, with the default that means "as
+# before": a run.json without one resumes when the new value is that default
+ADDED_TRAIN_FIELDS = {"fim_rate": 0.0, "fim_spm_rate": 0.0}
 
 
 def resolve_compile_mode(mode: str, world: int, device_type: str, accum: int) -> str:
@@ -195,7 +199,22 @@ def parse_tokens(text: str | int) -> int:
 def _config_diff(old: dict, new: dict) -> list[str]:
     """The run-identity differences between two run.json records (see run_store)."""
     return identity_diff(old, new, sorted(set(old) | set(new)),
-                         ignore=[f"train.{k}" for k in RESUMABLE_CHANGES])
+                         ignore=[f"train.{k}" for k in RESUMABLE_CHANGES]
+                         + _added_at_default(old, new))
+
+
+def _added_at_default(old: dict | Path, new: dict) -> list[str]:
+    """The `train.*` fields added since an old run.json (a record, or its path) was written
+    (ADDED_TRAIN_FIELDS) that the new record leaves at their default: not a difference, so such
+    runs still resume."""
+    if isinstance(old, Path):
+        try:
+            old = json.loads(old.read_text())
+        except (OSError, ValueError):
+            return []
+    old_train, new_train = old.get("train") or {}, new.get("train") or {}
+    return [f"train.{k}" for k, default in ADDED_TRAIN_FIELDS.items()
+            if k not in old_train and new_train.get(k) == default]
 
 
 def read_state_meta(out: Path) -> dict | None:
@@ -242,7 +261,8 @@ class Trainer:
         self.steps = max(1, math.ceil(cfg.total_tokens / self.tokens_per_step))
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else \
             max(1, min(2000, self.steps // 20))
-        self.stream = TrainStream(c.train, self.seq_len, cfg.seed)
+        self.fim = self._fim_transform()
+        self.stream = TrainStream(c.train, self.seq_len, cfg.seed, transform=self.fim)
         # one pass over the packed windows: about the corpus's U (`unique_tokens`), not equal
         self.epoch_tokens = self.stream.sequences_per_epoch * self.seq_len
         first = cfg.first_eval_tokens or cfg.total_tokens // 1000
@@ -268,6 +288,20 @@ class Trainer:
         self.compile = cfg.compile if cfg.compile is not None else dev.type == "cuda"
         self._pinned: list[tuple[torch.Tensor, torch.cuda.Event]] = []  # see _to_device
         self._pin_slot = 0
+
+    def _fim_transform(self) -> FimTransform | None:
+        """`--fim-rate`: the FIM transform of the training windows (codediff.fim), or a refusal
+        naming the fix when the corpus tokenizer has no sentinels."""
+        cfg, c = self.cfg, self.corpus
+        if cfg.fim_rate <= 0:
+            return None
+        ids = corpus_fim_ids(c.manifest, c.tokenizer_path)
+        if ids is None:
+            raise UserError(f"--corpus {c.path}: its tokenizer has no {', '.join(FIM_TOKENS)} "
+                            "tokens, which --fim-rate needs; rebuild the corpus with this "
+                            "codediff version (`codediff corpus`), which reserves them")
+        return FimTransform(rate=cfg.fim_rate, spm_rate=cfg.fim_spm_rate, ids=ids,
+                            eot_id=c.eot_id, seed=cfg.seed)
 
     # --------------------------------------------------------------- setup
 
@@ -295,7 +329,8 @@ class Trainer:
         that do not change the weights (RESUMABLE_CHANGES)."""
         return JsonlStore(self.out / "metrics.jsonl", kind="run dir",
                           header_path=self.out / "run.json", header=record,
-                          ignore=[f"train.{k}" for k in RESUMABLE_CHANGES], own_dir=True,
+                          ignore=[f"train.{k}" for k in RESUMABLE_CHANGES]
+                          + _added_at_default(self.out / "run.json", record), own_dir=True,
                           noun="a run with other settings", fix="resume with the same options")
 
     def _check_out_dir(self, record: dict) -> None:
@@ -588,7 +623,10 @@ class Trainer:
                 "pad_id": c.pad_id, "tokens": tokens, "epochs": tokens / self.epoch_tokens,
                 "epoch_tokens": self.epoch_tokens, "unique_tokens": c.unique_tokens,
                 "step": step,
-                "corpus_manifest_sha256": c.manifest_sha256}
+                "corpus_manifest_sha256": c.manifest_sha256,
+                # fill-in-the-middle: the generator reads fim_rate to allow `ar` infill prompts
+                "fim_rate": self.cfg.fim_rate, "fim_spm_rate": self.cfg.fim_spm_rate,
+                "fim": self.fim.ids.as_dict() if self.fim is not None else None}
         return save_checkpoint(self.model, c.tokenizer_path,
                                self.out / "checkpoints" / f"tokens-{tokens}", meta,
                                state_dict={k: v.float().contiguous() for k, v in sd.items()})

@@ -421,6 +421,8 @@ def _train_tokenizer(cfg: CorpusConfig, order: list[_Doc]
                     show_progress=cfg.progress)
     info = special_info(tok, EOT, MASK, PAD)
     assert (info.eot_id, info.mask_id, info.pad_id) == (0, 1, 2), "special ids must be 0, 1, 2"
+    assert info.fim is not None and (info.fim.prefix, info.fim.middle, info.fim.suffix) == \
+        (3, 4, 5), "FIM sentinel ids must be 3, 4, 5"
     return tok, info, {"documents": n, "chars": chars}
 
 

@@ -1,6 +1,8 @@
 """Train a code byte-level BPE, or load an existing tokenizer, and find its special ids.
 
-Our own BPE: special tokens `<|endoftext|>`, `<|mask|>`, `<|pad|>` get ids 0, 1, 2; no
+Our own BPE: special tokens `<|endoftext|>`, `<|mask|>`, `<|pad|>` get ids 0, 1, 2, and the
+fill-in-the-middle sentinels `<|fim_prefix|>`, `<|fim_middle|>`, `<|fim_suffix|>` ids 3, 4, 5
+(codediff.fim; reserved in every corpus, used by `codediff train --fim-rate`); no
 normaliser (bytes round-trip exactly); pre-tokenisation splits every digit on its own (numbers
 are not memorised as one token) and then applies the GPT-2 byte-level regex, whose `\\s+(?!\\S)`
 rule keeps runs of spaces -- and newline + indentation -- together so indentation merges into
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from codediff.errors import UserError
+from codediff.fim import FIM_TOKENS, FimIds, fim_token_ids
 
 EOT, MASK, PAD = "<|endoftext|>", "<|mask|>", "<|pad|>"
 MIN_VOCAB = 300  # 256 bytes + specials + a few merges
@@ -34,9 +37,12 @@ class TokenizerInfo:
     eot_token: str
     mask_token: str
     pad_token: str
+    fim: FimIds | None = None  # the FIM sentinels, when the tokenizer has them
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["fim"] = self.fim.as_dict() if self.fim is not None else None
+        return d
 
     @property
     def dtype(self) -> str:
@@ -59,7 +65,7 @@ def train_bpe(texts: Iterator[str], vocab_size: int, length: int | None = None,
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, show_progress=show_progress,
-        special_tokens=[EOT, MASK, PAD],
+        special_tokens=[EOT, MASK, PAD, *FIM_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer, length=length)
@@ -110,8 +116,11 @@ def special_info(tok: Any, eot: str, mask: str, pad: str) -> TokenizerInfo:
     if ids["mask"] in (ids["eot"], ids["pad"]):
         raise UserError(f"the mask token {mask!r} must differ from the end-of-text and pad "
                         "tokens; pass --mask-token with a dedicated token")
-    vocab = max(tok.get_vocab_size(with_added_tokens=True), max(ids.values()) + 1)
-    return TokenizerInfo(vocab, ids["eot"], ids["mask"], ids["pad"], eot, mask, pad)
+    fim = fim_token_ids(tok)
+    top = max(ids.values()) if fim is None else max(*ids.values(), fim.prefix, fim.middle,
+                                                     fim.suffix)
+    vocab = max(tok.get_vocab_size(with_added_tokens=True), top + 1)
+    return TokenizerInfo(vocab, ids["eot"], ids["mask"], ids["pad"], eot, mask, pad, fim)
 
 
 def prepare_for_corpus(tok: Any) -> None:
