@@ -56,6 +56,7 @@ class PromptFormat:
     program: str  # "prompt+completion" or "completion"
     stop: tuple[str, ...]
     shot: str = ""
+    suffix: str = ""  # template of the text shown after the hole ("" = left to right)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class TaskSpec:
     gt_time_limit_factor: float = 4.0  # ... or this many times the canonical solution's time
     quirks: str = ""
     spec_file: str = ""
+    hole: str = ""  # infilling tasks: "single-line" | "multi-line" | "span"
 
     @property
     def differential(self) -> bool:
@@ -100,6 +102,7 @@ class Problem:
     base_input: list[Any] = field(default_factory=list)
     plus_input: list[Any] = field(default_factory=list)
     atol: float = 0.0
+    suffix: str = ""  # infilling: the text after the hole (`prompt` is the text before it)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,11 @@ class Task:
         shots = "".join(f.shot.format(**_fields(p)) for p in self.fewshot) if f.shot else ""
         return f.template.format(shots=shots, **_fields(problem))
 
+    def suffix_for(self, problem: Problem, fmt: str | None = None) -> str:
+        """The text shown after the hole ("" for a left-to-right format)."""
+        f = self.format(fmt)
+        return f.suffix.format(shots="", **_fields(problem)) if f.suffix else ""
+
     def stop_sequences(self, fmt: str | None = None) -> list[str]:
         return list(self.format(fmt).stop)
 
@@ -157,7 +165,7 @@ class Task:
 def _fields(p: Problem) -> dict[str, str]:
     return {"prompt": p.prompt, "text": p.text, "code": p.reference.strip(),
             "tests": "\n".join(p.tests), "first_test": p.tests[0] if p.tests else "",
-            "entry_point": p.entry_point, "task_id": p.task_id}
+            "entry_point": p.entry_point, "task_id": p.task_id, "suffix": p.suffix}
 
 
 # ----------------------------------------------------------------------------- specs
@@ -175,7 +183,8 @@ def load_spec(path: Path) -> TaskSpec:
         raw = tomllib.load(f)
     formats = {
         name: PromptFormat(name=name, template=f["template"], program=f["program"],
-                           stop=tuple(f.get("stop", ())), shot=f.get("shot", ""))
+                           stop=tuple(f.get("stop", ())), shot=f.get("shot", ""),
+                           suffix=f.get("suffix", ""))
         for name, f in raw.pop("formats").items()
     }
     ids = raw.pop("task_ids", None)
