@@ -285,11 +285,14 @@ class _Run:
         ahead = None  # the next step, launched ahead (graphs.LaunchAhead)
         launcher = LaunchAhead(x[:, s:e]) if use_graphs and whole else None
         full = [self.real[r] for r in rows]   # tokens a full forward runs, per row
+        # tokens a step's window runs, per row: its real ones (an infill suffix's right pads
+        # inside the window are not counted)
+        windowed = attn[:, lo:hi].sum(dim=1).tolist() if plan.cached else full
         for i in range(n_steps):
             has = live & (blk_host == mask_id).any(axis=1)  # rows this step works for
             if not has.any():
                 break
-            n_query = full if not plan.cached or i == 0 else [hi - lo] * len(rows)
+            n_query = full if not plan.cached or i == 0 else windowed
             if ahead is not None:
                 new_blk, ahead = ahead, None
             else:
