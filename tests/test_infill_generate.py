@@ -305,6 +305,26 @@ def test_infill_batched_equals_unbatched(bpe, cache):
         assert alone[0].ids == batched[i].ids and alone[0].nfe == batched[i].nfe
 
 
+@pytest.mark.parametrize("convention", ["llada", "dream"])
+def test_hf_dlm_backends_fill_between_prompt_and_suffix(bpe, tmp_path, convention):
+    # a tiny causal transformers model read as a DLM: its masks cannot see the suffix, so the
+    # answers equal those without one, which checks the suffix's pads and positions end to end
+    from codediff.backends import load_backend
+    from tests.test_generate import save_tiny_hf
+
+    d = save_tiny_hf("Llama", bpe, tmp_path / "llama")
+    b = load_backend(d, dtype="float64", kind="dlm", convention=convention, mask_id=MASK)
+    prompts, suffixes = infill_batch(bpe)
+    s = DLMSettings(gen_length=8, block_length=4, steps=8, early_stop=False)
+    for p, q in zip(prompts, suffixes, strict=True):
+        assert generate_dlm(b, [p], s, suffixes=[q])[0].ids == generate_dlm(b, [p], s)[0].ids
+    if convention == "llada":
+        # a padded batch too (Dream's pairwise mask would make this causal stand-in attend both
+        # ways, which a real Dream model does anyway)
+        with_suffix = generate_dlm(b, prompts, s, suffixes=suffixes)
+        assert [o.ids for o in with_suffix] == [o.ids for o in generate_dlm(b, prompts, s)]
+
+
 # ----------------------------------------------------------------------------- the command
 
 def meta_of(out: Path) -> dict:
