@@ -305,6 +305,66 @@ def test_infill_batched_equals_unbatched(bpe, cache):
         assert alone[0].ids == batched[i].ids and alone[0].nfe == batched[i].nfe
 
 
+class ReplayGraph:
+    """A CPU stand-in for a CUDA graph: each replay copies the inputs into its own and calls the
+    captured step again, into one output tensor of its own (as tests/test_generate.py does)."""
+
+    def __init__(self, fn, inputs, out):
+        self.fn, self.inputs, self.out = fn, tuple(t.clone() for t in inputs), out.clone()
+
+    @classmethod
+    def warm_and_capture(cls, fn, inputs):
+        out = fn(*inputs)
+        return out, cls(fn, inputs, out)
+
+    def __call__(self, *inputs):
+        for dst, src in zip(self.inputs, inputs, strict=True):
+            dst.copy_(src)
+        self.out.copy_(self.fn(*self.inputs))
+        return self.out
+
+
+def graph_case(bpe, cache: str, sampler: str, device: str):
+    b = backend_for(bpe, "mdm")
+    if device == "cuda":
+        from tests.test_generate import cuda_backend
+
+        b = cuda_backend(bpe)
+    rule = CommitRule(sampler, tau=0.5)
+    kw = dict(gen_length=24, block_length=8, cache=cache, rule=rule, steps=12)
+    prompts, suffixes = infill_batch(bpe)
+
+    def run(graphed: bool):
+        return generate_dlm(b, prompts, DLMSettings(**kw, cuda_graphs=graphed), heal=True,
+                            suffixes=suffixes)
+    return run
+
+
+@pytest.mark.parametrize("sampler", ["threshold", "low_confidence"])
+@pytest.mark.parametrize("cache", CACHES)
+def test_graph_path_on_infill_prompts_gives_the_eager_samples(bpe, monkeypatch, cache, sampler):
+    from codediff.sampling import graphs
+
+    run = graph_case(bpe, cache, sampler, "cpu")
+    want = run(False)
+    monkeypatch.setattr(graphs, "can_graph", lambda x, backend: True)
+    monkeypatch.setattr(graphs, "BlockGraph", ReplayGraph)
+    got = run(True)
+    assert [o.ids for o in got] == [o.ids for o in want]
+    assert [(o.nfe, o.flops) for o in got] == [(o.nfe, o.flops) for o in want]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
+@pytest.mark.parametrize("sampler", ["threshold", "low_confidence"])
+@pytest.mark.parametrize("cache", CACHES)
+def test_real_cuda_graphs_on_infill_prompts_give_the_eager_samples(bpe, cache, sampler):
+    run = graph_case(bpe, cache, sampler, "cuda")
+    want = run(False)
+    got = run(True)
+    assert [o.ids for o in got] == [o.ids for o in want]
+    assert [o.nfe for o in got] == [o.nfe for o in want]
+
+
 @pytest.mark.parametrize("convention", ["llada", "dream"])
 def test_hf_dlm_backends_fill_between_prompt_and_suffix(bpe, tmp_path, convention):
     # a tiny causal transformers model read as a DLM: its masks cannot see the suffix, so the
