@@ -234,7 +234,8 @@ def run_generate(cfg: GenerateConfig) -> Path:
     check_kind(GenerateConfig, cfg.explicit, mode, cfg.model)
     plan, sentinels, stops = _infill_setup(cfg, task, fmt, backend, mode, stops)
     cfg = _with_budget(cfg, plan, mode)
-    _prompt_budget(cfg, backend, mode)  # the answer must fit the context: check before writing
+    if plan is None or plan.length_rule != "oracle":  # oracle: checked per problem
+        _prompt_budget(cfg, backend, mode)  # the answer must fit the context: check first
     settings = settings_of(cfg, mode)
     if plan is not None:  # ordinary tasks keep their settings (and fingerprints) as they were
         settings["infill"] = plan.settings()
@@ -444,6 +445,10 @@ def _encode_infill(tok: Any, batch: list[Job], plan: InfillPlan, mode: str,
         if backend.max_seq_len is not None:
             answer = j.fill_tokens or (plan.budget or 0)
             room = int(backend.max_seq_len) - answer - (3 if sentinels is not None else 0)
+            if room < 1:
+                raise UserError(f"{j.task_id}: an answer of {answer} tokens leaves no room for "
+                                f"the prompt in the model's {backend.max_seq_len}-token "
+                                "context; lower --gen-length / --max-new-tokens")
         p, q, was_cut = fit(pre, suf, room)
         if mode == "dlm" and not p:  # nothing before the hole: start as a document does
             p = [backend.eos_ids[0]] if backend.eos_ids else [backend.pad_id]
