@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from codediff.errors import UserError
+from codediff.infill import LENGTH_RULES
 from codediff.options import check, option
 from codediff.sampling import CACHES, DEFAULT_TAU, SAMPLERS
 
@@ -276,6 +277,11 @@ class GenerateConfig:
                                       "last (LLaDA's evaluation option)", group="dlm")
     early_stop: bool = option(True, kind="dlm", help="stop decoding blocks once the answer has "
                               "ended", group="dlm")
+    infill_length: str = option("budget", choices=LENGTH_RULES, kind="dlm", help="infilling "
+                                "tasks: masks per hole; budget: a fixed number per hole kind "
+                                "(or --gen-length), the answer ends by the hole's end rule; "
+                                "oracle: the reference fill's length (an ablation, labelled "
+                                "as such)", group="dlm")
     # replay the repeated step as a CUDA graph (native, GPU)
     cuda_graphs: bool = option(True, kind="dlm", help="native models on a GPU: capture the "
                                "repeated diffusion step in a CUDA graph once per batch and "

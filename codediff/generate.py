@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from codediff.formats import (
 
 if TYPE_CHECKING:
     from codediff.backends import Backend
+    from codediff.infill import InfillPlan
     from codediff.sampling.common import Sample
     from codediff.sampling.dlm import DLMSettings
 
@@ -54,6 +55,8 @@ class Job:
     task_id: str
     completion_id: int
     prompt: str
+    suffix: str = ""       # infill prompts: the text after the hole
+    fill_tokens: int = 0   # --infill-length oracle: the reference fill's tokens (mdm masks)
 
 
 # ----------------------------------------------------------------------------- paths
@@ -161,6 +164,18 @@ def validate(cfg: GenerateConfig) -> None:
     options.check_device(cfg.device)
 
 
+def _with_budget(cfg: GenerateConfig, plan: InfillPlan | None, mode: str) -> GenerateConfig:
+    """The run's settings with the answer budget of its hole kind (codediff.infill.BUDGETS)
+    where the user gave none."""
+    if plan is None or plan.budget is None:
+        return cfg
+    if mode == "ar":
+        return replace(cfg, max_new_tokens=plan.budget)
+    out = replace(cfg, gen_length=plan.budget)
+    validate(out)  # the budget must still split into blocks
+    return out
+
+
 def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
     """The options that decide the samples (what a resumed run must share)."""
     s: dict[str, Any] = {"mode": mode, "seed": cfg.seed, "n": cfg.n,
@@ -217,8 +232,13 @@ def run_generate(cfg: GenerateConfig) -> Path:
     from codediff.options import check_kind
 
     check_kind(GenerateConfig, cfg.explicit, mode, cfg.model)
-    _prompt_budget(cfg, backend, mode)  # the answer must fit the context: check before writing
+    plan, sentinels, stops = _infill_setup(cfg, task, fmt, backend, mode, stops)
+    cfg = _with_budget(cfg, plan, mode)
+    if plan is None or plan.length_rule != "oracle":  # oracle: checked per problem
+        _prompt_budget(cfg, backend, mode)  # the answer must fit the context: check first
     settings = settings_of(cfg, mode)
+    if plan is not None:  # ordinary tasks keep their settings (and fingerprints) as they were
+        settings["infill"] = plan.settings()
     ident = {"model": backend.describe(), "task": task.name, "dataset": task.dataset.as_dict(),
              "prompt_format": fmt.name, "problems": [p.task_id for p in problems],
              "settings": settings}
@@ -266,15 +286,19 @@ def run_generate(cfg: GenerateConfig) -> Path:
     jobs = []
     for pi, p in enumerate(problems):
         prompt = task.prompt_for(p, fmt.name)
+        suffix = task.suffix_for(p, fmt.name) if plan is not None and plan.infill else ""
+        fill = _oracle_tokens(backend, p) if plan is not None and plan.length_rule == "oracle" \
+            else 0
         for c in range(cfg.n):
-            jobs.append(Job(len(jobs), pi, p.task_id, c, prompt))
+            jobs.append(Job(len(jobs), pi, p.task_id, c, prompt, suffix, fill))
     done = set()
     for path in _partials(out):
         done |= {(r["task_id"], r["completion_id"]) for r in _read_rows(path)}
     mine = [j for j in jobs if j.problem_index % world == rank
             and (j.task_id, j.completion_id) not in done]
 
-    _generate_jobs(cfg, backend, mine, stops, store, mode, show=cfg.progress and rank == 0)
+    _generate_jobs(cfg, backend, mine, stops, store, mode, show=cfg.progress and rank == 0,
+                   plan=plan, sentinels=sentinels)
 
     _barrier(world)
     if rank == 0:
@@ -284,7 +308,8 @@ def run_generate(cfg: GenerateConfig) -> Path:
 
 
 def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: list[str],
-                   store: JsonlStore, mode: str, show: bool) -> None:
+                   store: JsonlStore, mode: str, show: bool, plan: InfillPlan | None = None,
+                   sentinels: tuple[int, int, int] | None = None) -> None:
     from tqdm import tqdm
 
     if not jobs:
@@ -296,13 +321,19 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
     n_tok = 0
     n_sec = 0.0
     with store:  # a torn line from a kill is trimmed first
-        for i in range(0, len(jobs), cfg.batch_size):
-            batch = jobs[i: i + cfg.batch_size]
-            encoded = [tok.encode(j.prompt) for j in batch]
-            truncated = [budget is not None and len(e) > budget for e in encoded]
-            prompts = [e[-budget:] if t else e for e, t in zip(encoded, truncated, strict=True)]
+        for batch in _batches(jobs, cfg.batch_size):
+            if plan is None:
+                encoded = [tok.encode(j.prompt) for j in batch]
+                truncated = [budget if budget is not None and len(e) > budget else None
+                             for e in encoded]
+                prompts = [e[-budget:] if t else e
+                           for e, t in zip(encoded, truncated, strict=True)]
+                suffixes = None
+            else:
+                encoded, prompts, suffixes, truncated = _encode_infill(
+                    tok, batch, plan, mode, sentinels, backend)
             try:
-                samples = _run_batch(cfg, backend, batch, prompts, stops, mode)
+                samples = _run_batch(cfg, backend, batch, prompts, stops, mode, suffixes)
             except RuntimeError as e:  # torch.OutOfMemoryError is one
                 if not is_out_of_memory(e):
                     raise
@@ -314,6 +345,8 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
                     f"out of memory at --batch-size {cfg.batch_size} (prompts up to {longest} "
                     f"tokens); {fix}; the samples finished so far are kept and the command "
                     "resumes") from None
+            if plan is not None and plan.end_rule == "line":
+                _end_lines(tok, samples)
             rows = []
             for j, s, e, t in zip(batch, samples, encoded, truncated, strict=True):
                 row = {"task_id": j.task_id, "completion_id": j.completion_id,
@@ -324,7 +357,12 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
                 if s.extra.get("healed"):
                     row["healed"] = s.extra["healed"]
                 if t:
-                    row["prompt_truncated_to"] = budget
+                    row["prompt_truncated_to"] = t
+                if plan is not None:
+                    if plan.infill:
+                        row["suffix_tokens"] = len(tok.encode(j.suffix)) if j.suffix else 0
+                    if mode == "dlm":
+                        row["answer_budget"] = j.fill_tokens or cfg.gen_length
                 rows.append(row)
                 n_tok += s.tokens
                 n_sec += s.seconds
@@ -332,6 +370,107 @@ def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: li
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{n_tok / max(n_sec, 1e-9):.0f}")
     bar.close()
+
+
+def _batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """Batches of up to `size` jobs in order; a batch never mixes answer lengths (the oracle
+    length of infilling differs per problem)."""
+    out: list[list[Job]] = []
+    for j in jobs:
+        if out and len(out[-1]) < size and out[-1][0].fill_tokens == j.fill_tokens:
+            out[-1].append(j)
+        else:
+            out.append([j])
+    return out
+
+
+def _infill_setup(cfg: GenerateConfig, task: Any, fmt: Any, backend: Any, mode: str,
+                  stops: list[str]) -> tuple[InfillPlan | None, tuple[int, int, int] | None,
+                                             list[str]]:
+    """For a task with holes: the plan (prompt, length rule, budget, end rule), the FIM
+    sentinel ids of an `ar` infill run, and the stop sequences with the end rule's. Refuses
+    what cannot run, before anything is written."""
+    from codediff.infill import check_ar_infill, plan_for
+
+    if "infill_length" in cfg.explicit and not (getattr(task.spec, "hole", "")
+                                                 or getattr(fmt, "suffix", "")):
+        raise UserError(f"--infill-length applies to infilling tasks only (task {task.name} has "
+                        "no holes); drop it")
+    answer = "max_new_tokens" if mode == "ar" else "gen_length"
+    plan = plan_for(task, fmt, mode=mode, length_rule=cfg.infill_length,
+                    answer_tokens=getattr(cfg, answer), explicit=answer in cfg.explicit)
+    if plan is None:
+        return None, None, stops
+    sentinels = None
+    if plan.infill and backend.samples_itself:
+        raise UserError(f"--backend {backend.name} samples from prompt text and cannot show a "
+                        "suffix; use --backend hf or native, or --prompt-format prefix")
+    if plan.infill and mode == "ar":
+        sentinels = check_ar_infill(backend)
+    if plan.end_rule == "line" and "\n" not in stops:
+        stops = [*stops, "\n"]  # decoding stops at the end of the line (end_of_line keeps it)
+    return plan, sentinels, stops
+
+
+def _oracle_tokens(backend: Any, problem: Any) -> int:
+    """--infill-length oracle (an ablation): the reference fill's token count (at least 1)."""
+    from codediff.infill import reference_fill
+
+    return max(1, len(backend.tokenizer.encode(reference_fill(problem))))
+
+
+def _oracle_settings(settings: DLMSettings, n: int) -> DLMSettings:
+    """An oracle-length batch: `n` masks decoded as one block; a fixed schedule keeps its rate
+    of steps per answer token (default: one token per step)."""
+    steps = None if settings.steps is None else max(1, round(n * settings.steps
+                                                            / settings.gen_length))
+    return replace(settings, gen_length=n, block_length=n, steps=steps)
+
+
+def _encode_infill(tok: Any, batch: list[Job], plan: InfillPlan, mode: str,
+                   sentinels: tuple[int, int, int] | None, backend: Any
+                   ) -> tuple[list[list[int]], list[list[int]], list[list[int]] | None,
+                              list[int | None]]:
+    """Token ids of a batch of hole prompts: (prompt as encoded, model prompts, suffixes for
+    the mdm answer region or None, per row the room it was cut to or None). `prefix`: the text
+    before the hole. `infill`: mdm reads prefix, masks, suffix; ar reads the PSM prompt. Prefix
+    and suffix are encoded apart (the hole's edges are token boundaries, as in FIM training)."""
+    from codediff.infill import fit, psm
+
+    encoded, prompts, suffixes, cut = [], [], [], []
+    for j in batch:
+        pre = tok.encode(j.prompt)
+        suf = tok.encode(j.suffix) if plan.infill and j.suffix else []
+        room = None
+        if backend.max_seq_len is not None:
+            answer = j.fill_tokens or (plan.budget or 0)
+            room = int(backend.max_seq_len) - answer - (3 if sentinels is not None else 0)
+            if room < 1:
+                raise UserError(f"{j.task_id}: an answer of {answer} tokens leaves no room for "
+                                f"the prompt in the model's {backend.max_seq_len}-token "
+                                "context; lower --gen-length / --max-new-tokens")
+        p, q, was_cut = fit(pre, suf, room)
+        if mode == "dlm" and not p:  # nothing before the hole: start as a document does
+            p = [backend.eos_ids[0]] if backend.eos_ids else [backend.pad_id]
+        encoded.append(pre)
+        cut.append(room if was_cut else None)
+        if sentinels is not None:
+            prompts.append(psm(p, q, sentinels))
+        else:
+            prompts.append(p)
+            suffixes.append(q)
+    return encoded, prompts, (suffixes if mode == "dlm" and plan.infill else None), cut
+
+
+def _end_lines(tok: Any, samples: list[Sample]) -> None:
+    """A single-line hole's end rule (codediff.infill.end_of_line), in place."""
+    from codediff.infill import end_of_line
+    from codediff.sampling.common import tokens_for
+
+    for s in samples:
+        s.completion = end_of_line(s.completion)
+        healed = s.extra.get("healed", "")
+        s.tokens = tokens_for(tok, s.ids, healed + s.completion) if s.ids else s.tokens
 
 
 def _prompt_budget(cfg: GenerateConfig, backend: Any, mode: str) -> int | None:
@@ -348,7 +487,8 @@ def _prompt_budget(cfg: GenerateConfig, backend: Any, mode: str) -> int | None:
 
 
 def _run_batch(cfg: GenerateConfig, backend: Backend, batch: list[Job],
-               prompts: list[list[int]], stops: list[str], mode: str) -> list[Sample]:
+               prompts: list[list[int]], stops: list[str], mode: str,
+               suffixes: list[list[int]] | None = None) -> list[Sample]:
     gens = [torch.Generator(device=backend.device).manual_seed(
         _job_seed(cfg.seed, j.task_id, j.completion_id)) for j in batch]
     if backend.samples_itself:
@@ -361,8 +501,11 @@ def _run_batch(cfg: GenerateConfig, backend: Backend, batch: list[Job],
         return generate_ar(backend, prompts, s, stops, gens, heal=cfg.token_healing)
     from codediff.sampling.dlm import generate_dlm
 
-    return generate_dlm(backend, prompts, _dlm_settings(cfg), stops, gens,
-                        heal=cfg.token_healing)
+    settings = _dlm_settings(cfg)
+    if batch[0].fill_tokens:  # --infill-length oracle: one block of the fill's length
+        settings = _oracle_settings(settings, batch[0].fill_tokens)
+    return generate_dlm(backend, prompts, settings, stops, gens, heal=cfg.token_healing,
+                        suffixes=suffixes)
 
 
 def _dlm_settings(cfg: GenerateConfig) -> DLMSettings:

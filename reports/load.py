@@ -9,6 +9,7 @@ from pathlib import Path
 
 from codediff.errors import UserError
 from codediff.formats import JsonlStore, read_json, run_record, samples_meta, schema_major
+from codediff.infill import ORACLE_LABEL
 
 
 @dataclass
@@ -55,7 +56,17 @@ def load_result(path: str | Path, label: str | None = None) -> Result:
     if not f.is_file():
         raise UserError(f"{path}: no results.json; pass a folder written by `codediff evaluate`")
     data, _ = read_json(f, "results", "rerun `codediff evaluate`")
-    return Result(f.parent, data, label or _default_label(f.parent, data))
+    return Result(f.parent, data, _ablation_marked(label or _default_label(f.parent, data), data))
+
+
+def _ablation_marked(label: str, data: dict) -> str:
+    """Samples whose answer length came from the reference (`--infill-length oracle`) are an
+    ablation, not a benchmark score: every label of theirs says so, given or default."""
+    settings = samples_meta(data.get("generation") or {}).get("settings") or {}
+    if (settings.get("infill") or {}).get("length_rule") == "oracle" \
+            and ORACLE_LABEL not in label:
+        return f"{label} [{ORACLE_LABEL}]"
+    return label
 
 
 def _default_label(folder: Path, data: dict) -> str:

@@ -1,7 +1,7 @@
 """Masked-diffusion generation: LLaDA-style semi-autoregressive blocks, with optional KV caches.
 
-The answer region (`gen_length` masks after the prompt) is split into blocks of `block_length`
-decoded left to right. Within a block, each step runs the model, proposes a token for every
+The answer region (`gen_length` masks after the prompt; for infilling, between the prompt and
+a fixed suffix) is split into blocks of `block_length` decoded left to right. Within a block, each step runs the model, proposes a token for every
 masked position (`rules.propose`) and commits some of them (`rules.select`): a fixed count
 per step for the schedule samplers (`steps` spread evenly over the blocks), or as many as a
 threshold / factor / entropy budget allows. Positions after the block are never committed early.
@@ -97,9 +97,14 @@ class DLMSettings:
 def generate_dlm(backend: SamplingBackend, prompts: list[list[int]], settings: DLMSettings,
                  stop_sequences: list[str] | tuple[str, ...] = (),
                  generators: list[torch.Generator] | None = None,
-                 heal: bool = False) -> list[Sample]:
+                 heal: bool = False, suffixes: list[list[int]] | None = None) -> list[Sample]:
     """Generate one answer per prompt with a masked diffusion model (`heal`: token healing,
-    see common.Healing; it constrains the first answer position)."""
+    see common.Healing; it constrains the first answer position).
+
+    `suffixes` (infilling): per row, token ids placed after the answer region, fixed context
+    that the model sees and never changes. The sequence is then prompt, `gen_length` masks,
+    suffix (right-padded to the batch's longest suffix; the key mask hides the pads), and the
+    blocks cover the masked region only, wherever it sits."""
     t_call = time.perf_counter()
     if backend.mask_id is None:
         raise ValueError("DLM generation needs a mask token id")
@@ -111,14 +116,19 @@ def generate_dlm(backend: SamplingBackend, prompts: list[list[int]], settings: D
     healing = heal_prompts(backend.tokenizer, prompts) if heal else None
     if healing is not None:
         prompts = healing.prompts
-    ids, mask, pos = left_pad(prompts, backend.pad_id, dev)
+    ids, mask, _ = left_pad(prompts, backend.pad_id, dev)
     B, P = ids.shape
-    x = torch.cat([ids, torch.full((B, G), backend.mask_id, dtype=torch.long, device=dev)], 1)
-    attn = torch.cat([mask, torch.ones(B, G, dtype=torch.bool, device=dev)], dim=1)
-    positions = torch.cat([pos, pos[:, -1:] + torch.arange(1, G + 1, device=dev)], dim=1)
+    sfx, sfx_mask = right_pad(suffixes, B, backend.pad_id, dev)
+    x = torch.cat([ids, torch.full((B, G), backend.mask_id, dtype=torch.long, device=dev), sfx],
+                  1)
+    attn = torch.cat([mask, torch.ones(B, G, dtype=torch.bool, device=dev), sfx_mask], dim=1)
+    # positions count real tokens only: a suffix continues after the answer region, its pads
+    # (hidden keys) repeat the last position
+    positions = (attn.long().cumsum(dim=1) - 1).clamp(min=0)
     eos = torch.tensor(backend.eos_ids or [-1], device=dev)
     watcher = StopWatcher(backend.tokenizer, stop_sequences)
-    run = _Run(backend, settings, eos, watcher, P, [len(p) + G for p in prompts])
+    run = _Run(backend, settings, eos, watcher, P,
+               [len(p) + G + int(m.sum()) for p, m in zip(prompts, sfx_mask, strict=True)])
     if healing is not None:
         run.healing = healing
         run.skip = [len(text) for text in healing.prefix]
@@ -146,7 +156,7 @@ def generate_dlm(backend: SamplingBackend, prompts: list[list[int]], settings: D
 
     out = []
     for b in range(B):
-        ids_b, reason = _answer(x_out[b, P:], backend.mask_id, eos)
+        ids_b, reason = _answer(x_out[b, P:P + G], backend.mask_id, eos)
         pre = healing.prefix[b] if healing is not None else ""
         completion, raw, n, why = finish(backend.tokenizer, ids_b, stop_sequences, reason, pre)
         extra: dict = {"committed": run.committed[b]}
@@ -156,6 +166,23 @@ def generate_dlm(backend: SamplingBackend, prompts: list[list[int]], settings: D
                           nfe=int(run.nfe[b]), seconds=float(run.secs[b]),
                           flops=float(run.flops[b]), stop_reason=why, extra=extra))
     return share_rest(out, t_call)
+
+
+def right_pad(suffixes: list[list[int]] | None, batch: int, pad_id: int, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Suffix ids [B, S] right-padded to the longest, and their key mask [B, S] (True = real);
+    S = 0 without suffixes."""
+    rows = suffixes if suffixes is not None else [[] for _ in range(batch)]
+    if len(rows) != batch:
+        raise ValueError(f"{len(rows)} suffixes for {batch} prompts")
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[b, :len(r)] = True
+    return ids.to(device), mask.to(device)
 
 
 def graphs_used(backend: SamplingBackend, settings: DLMSettings) -> bool:
@@ -258,11 +285,14 @@ class _Run:
         ahead = None  # the next step, launched ahead (graphs.LaunchAhead)
         launcher = LaunchAhead(x[:, s:e]) if use_graphs and whole else None
         full = [self.real[r] for r in rows]   # tokens a full forward runs, per row
+        # tokens a step's window runs, per row: its real ones (an infill suffix's right pads
+        # inside the window are not counted)
+        windowed = attn[:, lo:hi].sum(dim=1).tolist() if plan.cached else full
         for i in range(n_steps):
             has = live & (blk_host == mask_id).any(axis=1)  # rows this step works for
             if not has.any():
                 break
-            n_query = full if not plan.cached or i == 0 else [hi - lo] * len(rows)
+            n_query = full if not plan.cached or i == 0 else windowed
             if ahead is not None:
                 new_blk, ahead = ahead, None
             else:
