@@ -246,16 +246,16 @@ def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         val = [Point(r["tokens"], r["val_loss"]) for r in metrics_rows
                if "val_loss" in r and "tokens" in r]
         evals = []
-        for f in sorted((cdir / "eval").glob("tokens-*.json"),
-                        key=lambda p: int(p.stem.split("-")[1])):
+        for f in sorted((cdir / "eval").glob("tokens-*.json"), key=lambda p: p.name):
             e = _read_json(f)
-            if e is None:
+            if e is None or not isinstance(e.get("tokens"), int | float):
                 continue
             evals.append(e)
             for name, m in (e.get("metrics") or {}).items():
                 if isinstance(m, dict) and m.get("value") is not None:
                     curves.setdefault(name, []).append(
                         Point(e["tokens"], m["value"], m.get("stderr")))
+        evals.sort(key=lambda e: e["tokens"])
         if val:
             curves["val_loss"] = val
         speed = sorted(r["tokens_per_s"] for r in metrics_rows if r.get("tokens_per_s"))

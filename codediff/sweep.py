@@ -259,6 +259,7 @@ class CellPlan:
     seconds: float  # training on one GPU alone
     eval_seconds: float
     rate_note: str
+    rate: float | None = None
     status: str = "new"
 
 
@@ -301,7 +302,8 @@ def plan_cells(spec: Spec, vocab_size: int | None, throughput: dict[str, float],
                       "trained" if st["trained"] else f"at step {st['step']}")
         plans.append(CellPlan(cell, model.num_params(), cell.total_tokens * fpt, ckpts,
                               seconds, eval_seconds,
-                              note if rate else "no measurement: 100K tok/s assumed", status))
+                              note if rate else "no measurement: 100K tok/s assumed", rate,
+                              status))
     return plans
 
 
@@ -341,9 +343,8 @@ def dry_run_text(spec: Spec, plans: list[CellPlan], gpus: int, parallel: int) ->
                  f"of wall time on {max(1, gpus)}")
     lines.append("rates (tokens/s of one run alone on one GPU, at the preset's own shape):")
     for key in sorted({f"{p.cell.preset}:{p.cell.objective}" for p in plans}):
-        note = next(p.rate_note for p in plans if f"{p.cell.preset}:{p.cell.objective}" == key)
-        rate = (spec.throughput.get(key) or THROUGHPUT.get(key, (None,))[0])
-        lines.append(f"  {key}: {si(rate) if rate else '?'} ({note})")
+        p = next(p for p in plans if f"{p.cell.preset}:{p.cell.objective}" == key)
+        lines.append(f"  {key}: {si(p.rate) if p.rate else '?'} ({p.rate_note})")
     if parallel > 1:
         lines.append(f"--parallel {parallel}: runs sharing a GPU share its throughput; the "
                      "estimate assumes they add up to one run alone (measured for two `tiny` "
