@@ -67,6 +67,17 @@ THROUGHPUT: dict[str, tuple[float, str]] = {
     "coder-1.7b:mdm": (4.2e4, "not measured: as coder-1.7b:ar"),
 }
 STAGES = ("all", "train", "eval", "summarize")
+# a sweep dir's data (JSON, logs, the code-choice set) belongs in git; its weights, token files
+# and generated samples do not: `git add SWEEP_DIR` takes the right files
+GITIGNORE = """# written by `codediff sweep`: commit the data, not the weights or token files
+corpora/*/*.bin
+corpora/*/tokenizer.json
+cells/*/run/checkpoints/
+cells/*/run/state/
+cells/*/run/state.tmp/
+cells/*/run/.state.old/
+cells/*/eval/tokens-*/
+"""
 
 
 # ----------------------------------------------------------------------------- paths
@@ -167,6 +178,17 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:  # another file system, or links not allowed
         shutil.copyfile(src, dst)
+
+
+def _level_files_ok(d: Path, m: dict) -> bool:
+    """A level's token files and tokenizer are there, at the sizes its manifest says."""
+    item = np.dtype(m.get("dtype", "uint16")).itemsize
+    try:
+        return ((d / "train.bin").stat().st_size == m["train"]["tokens"] * item
+                and (d / "val.bin").stat().st_size == m["val"]["tokens"] * item
+                and (d / "tokenizer.json").is_file())
+    except (OSError, KeyError, TypeError):
+        return False
 
 
 def _corpus_hashes(d: Path) -> dict[str, Any]:
@@ -364,6 +386,7 @@ class Prepared:
     manifest: dict[str, Any]
     codechoice: Path | None = None
     cells: list[Cell] = field(default_factory=list)
+    unsafe_no_sandbox: bool = False  # passed on to the eval commands
 
 
 def _vocab_of_manifest(m: dict) -> int:
@@ -428,7 +451,10 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
                             + "); restore the spec's [corpus] or choose another --out")
     if spec.corpus.dir is None:
         full = out / "corpora" / "full"
-        if not (full / "manifest.json").is_file():
+        fm = _read_json(full / "manifest.json")
+        if fm is None or not _level_files_ok(full, fm):
+            if full.exists():  # its manifest alone (the token files are not kept in git)
+                shutil.rmtree(full)
             if old is not None and progress:
                 print(f"sweep: rebuilding the corpus into {full} (its hashes must match "
                       "sweep.json)", file=sys.stderr)
@@ -457,13 +483,22 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
         m = _read_json(d / "manifest.json")
         want = _sha256_file(full / "manifest.json")
         if m is None or (m.get("nested") or {}).get("parent_manifest_sha256") != want \
-                or m.get("unique_tokens") != u:
-            nest_corpus(full, u, d)
+                or m.get("unique_tokens") != u or not _level_files_ok(d, m):
+            nest_corpus(full, u, d)  # first run, or token files left out of git: cut anew
         h = _corpus_hashes(d)
         levels[u], shas[u] = d, h["manifest_sha256"]
         level_recs.append({"unique_tokens": u, "dir": _rel(d, out),
                            "manifest_sha256": h["manifest_sha256"],
                            "train_sha256": h["train_sha256"]})
+    if old is not None:
+        was = {lv["unique_tokens"]: lv for lv in (old.get("corpus") or {}).get("levels", [])}
+        for lv in level_recs:
+            before = was.get(lv["unique_tokens"])
+            if before and before.get("manifest_sha256") != lv["manifest_sha256"]:
+                raise UserError(f"the U = {si(lv['unique_tokens'])} corpus differs from the one "
+                                f"the sweep in {out} was made with (manifest sha256 "
+                                f"{before.get('manifest_sha256', '?')[:12]} -> "
+                                f"{lv['manifest_sha256'][:12]}); choose another --out")
     # cells: refuse any changed one before writing a single cell file
     idents = {c.id: c.identity(shas[c.unique_tokens]) for c in spec.cells}
     for c in spec.cells:
@@ -516,6 +551,7 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
     }
     atomic_write_json(out / "sweep.json", manifest)
     atomic_write_text(out / "spec.toml", spec.text)
+    atomic_write_text(out / ".gitignore", GITIGNORE)
     return Prepared(out, spec, levels, shas, vocab, manifest, cc_path, list(spec.cells))
 
 
@@ -549,6 +585,8 @@ def train_command(p: Prepared, cell: Cell, python: bool = True) -> list[str]:
 def eval_command(p: Prepared, cell: Cell, python: bool = True, progress: bool = False
                  ) -> list[str]:
     cmd = _cli(python) + ["sweep", "--out", str(p.out), "--stage", "eval", "--cells", cell.id]
+    if p.unsafe_no_sandbox:
+        cmd.append("--unsafe-no-sandbox")
     return cmd + ([] if progress else ["--no-progress"])
 
 

@@ -48,6 +48,9 @@ class SweepOptions:
                                           default_text="docs/benchmarks.md's")
     device: str | None = option(None, help="eval stage: cpu, cuda, cuda:1",
                                 default_text="cuda if a GPU is visible, else cpu")
+    unsafe_no_sandbox: bool = option(False, negatable=False, help="judge task samples without "
+                                     "bubblewrap (`codediff evaluate --unsafe-no-sandbox`; only "
+                                     "on a throwaway machine)")
     progress: bool = option(True, help="progress lines", false_aliases=("--quiet",))
 
 
@@ -133,11 +136,13 @@ def run(args: argparse.Namespace) -> int:
         from codediff.sweep_eval import evaluate_cell
 
         options.check_device(o.device)
-        n = evaluate_cell(spec, out, cells[0].id, device=o.device, progress=o.progress)
+        n = evaluate_cell(spec, out, cells[0].id, device=o.device, progress=o.progress,
+                          unsafe_no_sandbox=o.unsafe_no_sandbox)
         if o.progress:
-            print(f"sweep: {cells[0].id}: {n} metric values written", file=sys.stderr)
+            print(f"sweep: {cells[0].id}: {n} checkpoints scored", file=sys.stderr)
         return 0
     prepared = sweep.prepare(spec, out, progress=o.progress)
+    prepared.unsafe_no_sandbox = o.unsafe_no_sandbox
     if o.emit == "commands":
         print(sweep.commands_text(prepared, cells))
         return 0

@@ -46,7 +46,7 @@ def _val_windows(corpus_dir: Path, seq_len: int, val_tokens: int):
 
 
 def evaluate_cell(spec: Spec, out: Path, cell_id: str, *, device: str | None = None,
-                  progress: bool = False) -> int:
+                  progress: bool = False, unsafe_no_sandbox: bool = False) -> int:
     """Score the cell's checkpoints that lack a metric; returns how many it scored."""
     import torch
 
@@ -152,7 +152,7 @@ def evaluate_cell(spec: Spec, out: Path, cell_id: str, *, device: str | None = N
                 continue
             t0 = time.time()
             save(task, {**pass_at_1(ck, task, d / "eval" / name / task, ev.task_limit,
-                                    ev.generate, device, progress),
+                                    ev.generate, device, progress, unsafe_no_sandbox),
                         "settings": settings, "seconds": round(time.time() - t0, 2)})
         if progress:
             got = ", ".join(f"{k} {v['value']:.4g}" for k, v in have.items()
@@ -192,7 +192,8 @@ def _val_loss(model, windows, meta: dict, corpus, s: dict, device: str) -> float
 
 
 def pass_at_1(checkpoint: Path, task: str, folder: Path, limit: int | None,
-              generate: dict[str, Any], device: str, progress: bool) -> dict[str, Any]:
+              generate: dict[str, Any], device: str, progress: bool,
+              unsafe_no_sandbox: bool = False) -> dict[str, Any]:
     """pass@1 of one greedy sample per problem: `codediff generate` in this process (the model
     is small; generation resumes a partial file), then `codediff evaluate` in its own process
     (the judge's sandbox; resumes its results dir)."""
@@ -215,6 +216,8 @@ def pass_at_1(checkpoint: Path, task: str, folder: Path, limit: int | None,
     results = folder / "results"
     cmd = [sys.executable, "-m", "codediff.cli", "evaluate", "--task", task, "--samples",
            str(samples), "--out", str(results), "--k", "1", "--no-progress"]
+    if unsafe_no_sandbox:
+        cmd.append("--unsafe-no-sandbox")
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise UserError(f"judging {samples} failed: "

@@ -378,3 +378,65 @@ def test_task_pass_at_1_through_generate_and_evaluate(toy, tmp_path):
         meta = json.loads((tmp_path / obj / "samples.meta.json").read_text())
         assert meta["settings"]["temperature"] == 0.0
         assert (tmp_path / obj / "results" / "results.json").is_file()
+
+
+BUILT = """
+name = "built"
+[corpus]
+sources = ["stdlib"]
+val_tokens = "5k"
+seed = {seed}
+vocab_size = 512
+options = ["--max-docs", "80", "--workers", "1"]
+[defaults]
+epochs = 2
+[defaults.train]
+n_layer = 1
+d_model = 32
+n_head = 2
+max_seq_len = 32
+[[grid]]
+unique_tokens = ["10k", "30k"]
+preset = "tiny"
+objective = ["ar", "mdm"]
+"""
+
+
+def test_sweep_restarts_from_its_committed_data_and_a_rebuilt_corpus(tmp_path, capsys):
+    """The corpus is built at the largest U inside the sweep dir; a copy of the sweep dir
+    without what its .gitignore leaves out (as git would hold it) rebuilds the same corpus and
+    carries on; a different corpus is refused."""
+    import shutil
+
+    spec = tmp_path / "built.toml"
+    spec.write_text(BUILT.format(seed=0))
+    a = tmp_path / "a"
+    assert main(["sweep", str(spec), "--out", str(a), "--emit", "commands", "--no-progress"]) \
+        == 0
+    cmds = capsys.readouterr().out
+    assert cmds.count("codediff train") == 4 and "--total-tokens 20000 " in cmds
+    full = json.loads((a / "sweep.json").read_text())["corpus"]["full"]
+    assert full["unique_tokens"] == 30_000 and full["dir"] == "corpora/full"
+    ignored = (a / ".gitignore").read_text()
+    assert "corpora/*/*.bin" in ignored and "cells/*/run/checkpoints/" in ignored
+    b = tmp_path / "b"
+    shutil.copytree(a, b, ignore=shutil.ignore_patterns("*.bin", "tokenizer.json"))
+    assert main(["sweep", "--out", str(b), "--emit", "commands", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert json.loads((b / "sweep.json").read_text())["corpus"] == \
+        json.loads((a / "sweep.json").read_text())["corpus"]
+    assert (b / "corpora" / "U-10k" / "train.bin").read_bytes() == \
+        (a / "corpora" / "U-10k" / "train.bin").read_bytes()
+    spec.write_text(BUILT.format(seed=1))
+    assert main(["sweep", str(spec), "--out", str(b), "--dry-run"]) == 0  # writes nothing
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(b), "--emit", "commands"]) == 2
+    assert "is a sweep with another corpus (corpus.seed (0 -> 1))" in capsys.readouterr().err
+    # a rebuilt corpus that does not hash as recorded is refused before any cell runs
+    man = json.loads((b / "sweep.json").read_text())
+    man["corpus"]["full"]["train_sha256"] = "0" * 64
+    (b / "sweep.json").write_text(json.dumps(man))
+    shutil.rmtree(b / "corpora" / "full")
+    assert main(["sweep", "--out", str(b), "--emit", "commands", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "differs from the one the sweep" in err and "corpus.train_sha256" in err
