@@ -440,3 +440,13 @@ def test_sweep_restarts_from_its_committed_data_and_a_rebuilt_corpus(tmp_path, c
     assert main(["sweep", "--out", str(b), "--emit", "commands", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "differs from the one the sweep" in err and "corpus.train_sha256" in err
+
+
+def test_mid_preset_sits_between_tiny_and_small():
+    from codediff.config import PRESETS
+    from codediff.train_cli import PRESET_TRAIN_DEFAULTS
+
+    mid = PRESETS["mid"]
+    assert 49e6 < mid.num_params() < 51e6
+    assert PRESETS["tiny"].num_params() < mid.num_params() < PRESETS["small"].num_params()
+    assert mid.head_dim == 64 and PRESET_TRAIN_DEFAULTS["mid"] == {"lr": 8e-4, "batch_size": 128}
