@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("codediff.corpus.cli", "build a capped, deduplicated, decontaminated Python corpus"),
     "train": ("codediff.train_cli", "train an `ar` or `mdm` coder on a corpus for a token budget"),
     "generate": ("codediff.generate_cli", "sample completions for a task from a checkpoint"),
+    "sweep": ("codediff.sweep_cli", "train and score a grid of ar/mdm cells on nested corpora; "
+              "find the crossover"),
     "export": ("codediff.export", "export an mdm checkpoint in the LLaDA convention"),
     "score": ("codediff.codechoice_score", "rank code-choice options by a checkpoint's "
               "likelihood"),

@@ -101,6 +101,9 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # ~16.9M parameters with an 8K vocab (the paper's small-scale calibration model)
     "tiny": ModelConfig(vocab_size=8192, n_layer=6, n_head=6, d_model=384, max_seq_len=256),
+    # ~50.1M parameters with an 8K vocab: the model-size step between tiny and small that the
+    # sweep's size axis needs (head dim 64 like small, seq 512)
+    "mid": ModelConfig(vocab_size=8192, n_layer=8, n_head=10, d_model=640, max_seq_len=512),
     # ~135M parameters with a 32K vocab (GPT-2-small shape)
     "small": ModelConfig(vocab_size=32768, n_layer=12, n_head=12, d_model=768, max_seq_len=1024),
     # the paper's released coder recipe (GPT-NeoX vocab padded to a multiple of 64)

@@ -33,6 +33,10 @@ MAJORS: dict[str, tuple[int, ...]] = {
     "results-run": (1,),     # results dir run.json: what the verdicts were judged with
     "codechoice": (1,),      # each row of the code-choice JSONL
     "choice-score": (1,),    # `codediff score` output
+    "sweep": (1,),           # sweep dir sweep.json: the spec, the nested corpora, the cells
+    "sweep-cell": (1,),      # sweep dir cells/<id>/cell.json: what one cell trains
+    "sweep-eval": (1,),      # sweep dir cells/<id>/eval/tokens-<N>.json: one checkpoint's scores
+    "crossover": (1,),       # sweep dir crossover.json: where mdm first beats ar, per metric
 }
 
 
@@ -54,6 +58,10 @@ RESULTS_SCHEMA = schema("results")
 RESULTS_RUN_SCHEMA = schema("results-run")
 CODECHOICE_SCHEMA = schema("codechoice")
 CHOICE_SCORE_SCHEMA = schema("choice-score")
+SWEEP_SCHEMA = schema("sweep")
+SWEEP_CELL_SCHEMA = schema("sweep-cell")
+SWEEP_EVAL_SCHEMA = schema("sweep-eval")
+CROSSOVER_SCHEMA = schema("crossover")
 
 
 def schema_major(obj: Any, kind: str, where: str, fix: str,
@@ -209,6 +217,10 @@ IDENTITIES: dict[str, tuple[str, ...]] = {
                     "min_time_limit", "time_limit_factor"),
     "samples": ("model", "task", "dataset", "prompt_format", "problems", "settings"),
     "run dir": ("objective", "model", "train", "corpus", "seq_len", "steps"),
+    # a sweep: the corpus every cell is cut from; a cell: everything its run dir is made with
+    "sweep": ("corpus",),
+    "sweep cell": ("id", "unique_tokens", "preset", "objective", "variant", "seed",
+                   "total_tokens", "overrides", "corpus_manifest_sha256"),
 }
 IDENTITY_IGNORES: dict[str, tuple[str, ...]] = {
     # torchrun ranks, and a resumed run, may use other GPUs

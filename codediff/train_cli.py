@@ -22,6 +22,7 @@ from codediff.errors import UserError
 # training defaults that depend on the preset (the rest come from TrainConfig)
 PRESET_TRAIN_DEFAULTS = {
     "tiny": {"lr": 1e-3, "batch_size": 128},
+    "mid": {"lr": 8e-4, "batch_size": 128},
     "small": {"lr": 6e-4, "batch_size": 256},
     "coder-1.7b": {"lr": 2e-4, "batch_size": 256, "warmup_steps": 2000, "schedule": "wsd"},
 }

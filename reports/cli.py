@@ -2,6 +2,7 @@
 
     codediff report --results res/ar res/mdm --runs runs/ar runs/mdm --out report.html
     codediff report --leaderboard --results res/* --out leaderboard.html
+    codediff report --sweep sweeps/reference --out sweep.html
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class ReportOptions:
     choices: list[str] = option(help="code-choice score files (codediff score, "
                                 "bench/crossover.py choice.json)", factory=list, nargs="*",
                                 default_text="none")
+    sweep: str | None = option(None, metavar="DIR", help="a sweep dir (codediff sweep): "
+                               "curves, crossovers and trends from its JSON files alone")
     notes: str | None = option(None, help="a text file shown under the title")
     out: str = option("", help="HTML file to write", required=True)
     title: str | None = option(None, help="page title",
@@ -56,8 +59,20 @@ def run(args: argparse.Namespace) -> int:
     from codediff.formats import atomic_write_text
 
     args = options.from_args(ReportOptions, args)
+    if args.sweep:
+        if args.results or args.runs or args.choices or args.leaderboard:
+            raise UserError("--sweep makes a report of its own; leave out --results, --runs, "
+                            "--choices and --leaderboard")
+        from codediff.reports.sweep import render_sweep
+
+        options.check_out(args.out, folder=False, overwrite=args.overwrite)
+        html = render_sweep(args.sweep, args.title)
+        atomic_write_text(Path(args.out), html)
+        print(f"wrote {args.out} (sweep {args.sweep})")
+        return 0
     if not args.results and not args.runs and not args.choices:
-        raise UserError("nothing to report: pass --results DIR..., --runs DIR... or --choices")
+        raise UserError("nothing to report: pass --results DIR..., --runs DIR..., --choices or "
+                        "--sweep DIR")
     if args.leaderboard and not args.results:
         raise UserError("--leaderboard needs --results DIR...")
     options.check_out(args.out, folder=False, overwrite=args.overwrite)

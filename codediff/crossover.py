@@ -1,0 +1,328 @@
+"""Where masked diffusion (`mdm`) first beats autoregression (`ar`) at equal training tokens.
+
+Pure functions over measured curves (torch-free; the reports import them):
+
+- `detect(ar, mdm, higher_is_better=...)`: the first token count at which `mdm` is ahead,
+  interpolated in log tokens between the two measured points around it, with an interval from
+  the checkpoint spacing widened by the metric's standard errors; or "none within the budget".
+- `best(points, ...)`: an objective's best value and where it occurs.
+- `trend(...)`: whether crossover epochs rise or fall along an axis (U, model size), the form of
+  the paper's two claims.
+- `load_sweep(dir)` / `summarize(loaded)`: a sweep dir's curves and every comparison in it.
+
+Conventions: a curve is a list of `Point(tokens, value, stderr)`; "ahead" is strictly better
+(lower for a loss, higher for an accuracy); both curves are compared at the union of their token
+counts inside the range both measured, each interpolated linearly in log tokens between its own
+points (exact at its points).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+LOWER_IS_BETTER = ("val_loss",)
+
+
+@dataclass(frozen=True)
+class Point:
+    tokens: float
+    value: float
+    stderr: float | None = None
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
+def _clean(points: list[Point]) -> list[Point]:
+    by_t: dict[float, Point] = {}
+    for p in points:
+        if p.tokens and p.tokens > 0 and p.value is not None and math.isfinite(p.value):
+            by_t[float(p.tokens)] = p  # a repeated token count: the last measurement
+    return [by_t[t] for t in sorted(by_t)]
+
+
+def _interp(points: list[Point], x: float) -> tuple[float, float]:
+    """(value, stderr) of a curve at x (inside its range), linear in log tokens."""
+    lx = math.log(x)
+    for a, b in zip(points, points[1:], strict=False):
+        if a.tokens <= x <= b.tokens:
+            if x == a.tokens:
+                return a.value, a.stderr or 0.0
+            if x == b.tokens:
+                return b.value, b.stderr or 0.0
+            w = (lx - math.log(a.tokens)) / (math.log(b.tokens) - math.log(a.tokens))
+            return (a.value + w * (b.value - a.value),
+                    (a.stderr or 0.0) + w * ((b.stderr or 0.0) - (a.stderr or 0.0)))
+    p = points[0] if x <= points[0].tokens else points[-1]
+    return p.value, p.stderr or 0.0
+
+
+def _zero(xs: list[float], ds: list[float], i: int) -> float:
+    """Where d crosses 0 between xs[i-1] (d <= 0) and xs[i] (d > 0), linear in log tokens."""
+    d0, d1 = ds[i - 1], ds[i]
+    w = (0.0 - d0) / (d1 - d0) if d1 != d0 else 1.0
+    return math.exp(math.log(xs[i - 1]) + w * (math.log(xs[i]) - math.log(xs[i - 1])))
+
+
+def _first_positive(xs: list[float], ds: list[float]) -> tuple[int | None, float | None]:
+    """(index, interpolated crossing) of the first d > 0; the crossing is xs[0] at index 0."""
+    for i, d in enumerate(ds):
+        if d > 0:
+            return i, (xs[0] if i == 0 else _zero(xs, ds, i))
+    return None, None
+
+
+def detect(ar: list[Point], mdm: list[Point], *, higher_is_better: bool,
+           epoch_tokens: float | None = None, z: float = Z95) -> dict[str, Any]:
+    """Where `mdm` first beats `ar` at equal training tokens.
+
+    Returns {"status", "tokens", "epochs", "between", "interval", "interval_epochs",
+    "significant", "stays_ahead_from", "budget", "points"}; status is one of
+      "crossed"     mdm behind (or level) at the first shared point, ahead later: `tokens` is the
+                    log-interpolated zero of the difference between the two points around it
+                    (`between`);
+      "from_start"  mdm already ahead at the first shared point (`tokens` is that point, an upper
+                    bound; the interval opens at 0);
+      "none"        mdm never ahead within the shared budget (`tokens` None);
+      "no_data"     the curves share no token range.
+    `interval`: [earliest, latest] token count of the crossing: the checkpoint spacing
+    (`between`) widened to where mdm's lead plus or minus z standard errors crosses zero; its
+    upper end is None when mdm is never ahead by more than z standard errors (`significant`
+    False). `stays_ahead_from`: where mdm's final lead (ahead at every later point) begins, None
+    when it is not ahead at the end."""
+    a, m = _clean(ar), _clean(mdm)
+    out: dict[str, Any] = {"status": "no_data", "tokens": None, "epochs": None, "between": None,
+                           "interval": None, "interval_epochs": None, "significant": False,
+                           "stays_ahead_from": None, "budget": None, "points": 0, "z": z}
+    if not a or not m:
+        return out
+    lo, hi = max(a[0].tokens, m[0].tokens), min(a[-1].tokens, m[-1].tokens)
+    xs = sorted({p.tokens for p in a + m if lo <= p.tokens <= hi})
+    if not xs:
+        return out
+    sign = 1.0 if higher_is_better else -1.0
+    ds, ses = [], []
+    for x in xs:
+        va, sa = _interp(a, x)
+        vm, sm = _interp(m, x)
+        ds.append(sign * (vm - va))
+        ses.append(math.hypot(sa, sm))
+    out.update(budget=xs[-1], points=len(xs))
+    i, t = _first_positive(xs, ds)
+    if i is None:
+        out["status"] = "none"
+    else:
+        out["status"] = "from_start" if i == 0 else "crossed"
+        out["tokens"] = t
+        between = [None if i == 0 else xs[i - 1], xs[i]]
+        j, early = _first_positive(xs, [d + z * s for d, s in zip(ds, ses, strict=True)])
+        k, late = _first_positive(xs, [d - z * s for d, s in zip(ds, ses, strict=True)])
+        lo_t = None if (between[0] is None or j == 0) else min(between[0], early)
+        hi_t = None if k is None else max(between[1], late)
+        out.update(between=between, interval=[lo_t, hi_t], significant=k is not None)
+    if ds[-1] > 0:
+        r = len(ds) - 1
+        while r > 0 and ds[r - 1] > 0:
+            r -= 1
+        out["stays_ahead_from"] = xs[0] if r == 0 else _zero(xs, ds, r)
+    if epoch_tokens:
+        def ep(v):
+            return None if v is None else v / epoch_tokens
+        out["epochs"] = ep(out["tokens"])
+        out["interval_epochs"] = (None if out["interval"] is None
+                                  else [ep(v) for v in out["interval"]])
+        out["stays_ahead_from_epochs"] = ep(out["stays_ahead_from"])
+        out["budget_epochs"] = ep(out["budget"])
+    return out
+
+
+def best(points: list[Point], *, higher_is_better: bool,
+         epoch_tokens: float | None = None) -> dict[str, Any] | None:
+    """The best value of a curve and where it occurs (the earliest point on a tie)."""
+    pts = _clean(points)
+    if not pts:
+        return None
+    key = (lambda p: -p.value) if higher_is_better else (lambda p: p.value)
+    b = min(pts, key=key)
+    return {"value": b.value, "stderr": b.stderr, "tokens": b.tokens,
+            "epochs": b.tokens / epoch_tokens if epoch_tokens else None,
+            "last": pts[-1].tokens == b.tokens}
+
+
+def trend(levels: list[tuple[float, dict[str, Any]]], expect: str) -> dict[str, Any]:
+    """Do crossover epochs rise ("increasing") or fall ("decreasing") along an axis?
+
+    `levels`: (axis value, detect() result) pairs. A level without a crossover counts as "after
+    the budget" (a lower bound at its budget in epochs); one where mdm leads from the start as
+    "at or before its first point" (an upper bound). Returns {"verdict", "epochs"}: verdict is
+    "consistent" (every consecutive pair moves the expected way), "opposite" (every pair moves
+    the other way), "mixed", or "too few" (under two levels with a crossover or a bound)."""
+    seq = []
+    for x, r in sorted(levels, key=lambda lv: lv[0]):
+        if r.get("status") == "crossed":
+            seq.append((x, r["epochs"], "="))
+        elif r.get("status") == "none" and r.get("budget_epochs") is not None:
+            seq.append((x, r["budget_epochs"], ">"))
+        elif r.get("status") == "from_start" and r.get("epochs") is not None:
+            seq.append((x, r["epochs"], "<"))
+    moves = []
+    for (_, e1, k1), (_, e2, k2) in zip(seq, seq[1:], strict=False):
+        if e1 is None or e2 is None:
+            continue
+        # a bound tells a direction only where it cannot be read the other way
+        if k1 == "=" and k2 == "=":
+            moves.append("up" if e2 > e1 else "down" if e2 < e1 else "flat")
+        elif k2 == ">" and e2 >= e1 and k1 in ("=", "<"):
+            moves.append("up")
+        elif k1 == ">" and e1 >= e2 and k2 in ("=", "<"):
+            moves.append("down")
+        elif k2 == "<" and e2 <= e1 and k1 in ("=", ">"):
+            moves.append("down")
+        elif k1 == "<" and e1 <= e2 and k2 in ("=", ">"):
+            moves.append("up")
+        else:
+            moves.append("unknown")
+    want = "up" if expect == "increasing" else "down"
+    other = "down" if want == "up" else "up"
+    if not moves or all(mv == "unknown" for mv in moves):
+        verdict = "too few"
+    elif all(mv == want for mv in moves):
+        verdict = "consistent"
+    elif all(mv == other for mv in moves):
+        verdict = "opposite"
+    else:
+        verdict = "mixed"
+    return {"verdict": verdict, "expect": expect,
+            "epochs": [{"x": x, "epochs": e, "kind": k} for x, e, k in seq], "moves": moves}
+
+
+# ----------------------------------------------------------------------------- a sweep dir
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    try:
+        data = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return rows
+    for line in data.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill
+        if isinstance(r, dict):
+            rows.append(r)
+    return rows
+
+
+def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    """A sweep dir's JSON: {"manifest", "cells": [{"id", "cell", "run", "curves", "evals"}]}.
+
+    `curves[metric]` is a list of Points: `val_loss` from the run's metrics.jsonl (every
+    validation, denser than the checkpoints), the other metrics from the per-checkpoint eval
+    files. Reads files only; a cell not started yet has empty curves."""
+    d = Path(sweep_dir)
+    manifest = _read_json(d / "sweep.json") or {}
+    cells = []
+    for cid in manifest.get("cells", []):
+        cdir = d / "cells" / cid
+        cell = _read_json(cdir / "cell.json") or {"id": cid}
+        run = _read_json(cdir / "run" / "run.json") or {}
+        curves: dict[str, list[Point]] = {}
+        metrics_rows = _read_jsonl(cdir / "run" / "metrics.jsonl")
+        val = [Point(r["tokens"], r["val_loss"]) for r in metrics_rows
+               if "val_loss" in r and "tokens" in r]
+        evals = []
+        for f in sorted((cdir / "eval").glob("tokens-*.json"), key=lambda p: p.name):
+            e = _read_json(f)
+            if e is None or not isinstance(e.get("tokens"), int | float):
+                continue
+            evals.append(e)
+            for name, m in (e.get("metrics") or {}).items():
+                if isinstance(m, dict) and m.get("value") is not None:
+                    curves.setdefault(name, []).append(
+                        Point(e["tokens"], m["value"], m.get("stderr")))
+        evals.sort(key=lambda e: e["tokens"])
+        if val:
+            curves["val_loss"] = val
+        speed = sorted(r["tokens_per_s"] for r in metrics_rows if r.get("tokens_per_s"))
+        cells.append({"id": cid, "cell": cell, "run": {
+            k: run.get(k) for k in ("epoch_tokens", "params", "steps", "total_tokens", "epochs",
+                                    "seq_len", "micro_batch", "world_size")},
+            "trained_tokens": metrics_rows[-1].get("tokens") if metrics_rows else 0,
+            "tokens_per_s": speed[len(speed) // 2] if speed else None,
+            "curves": curves, "evals": evals})
+    return {"manifest": manifest, "cells": cells}
+
+
+def _arm(cell: dict) -> str:
+    c = cell["cell"]
+    return c.get("objective", "?") + (f"+{c['variant']}" if c.get("variant") else "")
+
+
+def summarize(loaded: dict[str, Any], z: float = Z95) -> dict[str, Any]:
+    """Every comparison of a loaded sweep: for each (U, preset, seed), each `ar` arm (the plain
+    objective and each ablation) against plain `mdm`, for every metric both measured; each
+    arm's best values; and the trends of the plain comparison along U and along model size."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for c in loaded["cells"]:
+        meta = c["cell"]
+        if "unique_tokens" not in meta:
+            continue
+        key = (meta["unique_tokens"], meta["preset"], meta.get("seed", 0))
+        groups.setdefault(key, {})[_arm(c)] = c
+    comparisons, bests = [], []
+    for (u, preset, seed), arms in sorted(groups.items()):
+        for arm, c in sorted(arms.items()):
+            et = c["run"].get("epoch_tokens") or u
+            for metric, pts in sorted(c["curves"].items()):
+                b = best(pts, higher_is_better=higher_is_better(metric), epoch_tokens=et)
+                if b:
+                    bests.append({"unique_tokens": u, "preset": preset, "seed": seed,
+                                  "arm": arm, "cell": c["id"], "metric": metric, **b})
+        m = arms.get("mdm")
+        if m is None:
+            continue
+        for arm, c in sorted(arms.items()):
+            if not arm.startswith("ar"):
+                continue
+            et = c["run"].get("epoch_tokens") or m["run"].get("epoch_tokens") or u
+            for metric in sorted(set(c["curves"]) & set(m["curves"])):
+                r = detect(c["curves"][metric], m["curves"][metric],
+                           higher_is_better=higher_is_better(metric), epoch_tokens=et, z=z)
+                comparisons.append({"unique_tokens": u, "preset": preset, "seed": seed,
+                                    "ar_arm": arm, "ar_cell": c["id"], "mdm_cell": m["id"],
+                                    "metric": metric, "params": c["run"].get("params"), **r})
+    trends = []
+    plain = [c for c in comparisons if c["ar_arm"] == "ar"]
+    metrics = sorted({c["metric"] for c in plain})
+    for metric in metrics:
+        rows = [c for c in plain if c["metric"] == metric]
+        for (preset, seed) in sorted({(c["preset"], c["seed"]) for c in rows}):
+            lv = [(c["unique_tokens"], c) for c in rows if c["preset"] == preset
+                  and c["seed"] == seed]
+            if len(lv) >= 2:
+                trends.append({"axis": "unique_tokens", "metric": metric, "preset": preset,
+                               "seed": seed, "claim": "the crossover comes later with more "
+                               "unique data", **trend(lv, "increasing")})
+        for (u, seed) in sorted({(c["unique_tokens"], c["seed"]) for c in rows}):
+            lv = [(c["params"] or 0, c) for c in rows if c["unique_tokens"] == u
+                  and c["seed"] == seed]
+            if len({x for x, _ in lv}) >= 2:
+                trends.append({"axis": "params", "metric": metric, "unique_tokens": u,
+                               "seed": seed, "claim": "the crossover comes earlier with larger "
+                               "models", **trend(lv, "decreasing")})
+    return {"comparisons": comparisons, "best": bests, "trends": trends, "z": z}
