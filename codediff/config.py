@@ -256,8 +256,8 @@ class GenerateConfig:
                               "commits the last candidate when it is the first below its bar)",
                               group="dlm")
     step_schedule: str = option("even", choices=DLM_SCHEDULES, kind="dlm", help="fixed-schedule "
-                           "samplers: commits per step, even (LLaDA) or dream (Dream's "
-                           "n_mask*(1-s/t) over linspace(1, eps))", group="dlm")
+                                "samplers: commits per step, even (LLaDA) or dream (Dream's "
+                                "n_mask*(1-s/t) over linspace(1, eps))", group="dlm")
     gen_length: int = option(256, min=1, kind="dlm", help="answer length in tokens", group="dlm")
     block_length: int = option(32, min=1, kind="dlm", help="semi-autoregressive block length "
                                "(= gen-length: one block)", group="dlm")

@@ -154,6 +154,12 @@ def validate(cfg: GenerateConfig) -> None:
         if name in cfg.explicit and cfg.sampler != owner:
             raise UserError(f"--{name} applies to --sampler {owner} only (this run uses "
                             f"--sampler {cfg.sampler}); drop --{name} or pass --sampler {owner}")
+    if "factor_rule" in cfg.explicit and cfg.sampler != "factor":
+        raise UserError(f"--factor-rule applies to --sampler factor only (this run uses "
+                        f"--sampler {cfg.sampler}); drop --factor-rule")
+    if "step_schedule" in cfg.explicit and SAMPLERS[cfg.sampler][1] != "schedule":
+        raise UserError(f"--step-schedule applies to the fixed-schedule samplers only; --sampler "
+                        f"{cfg.sampler} decides its own steps: drop --step-schedule")
     if "steps" in cfg.explicit and SAMPLERS[cfg.sampler][1] != "schedule":
         raise UserError(f"--steps applies to the fixed-schedule samplers only; --sampler "
                         f"{cfg.sampler} decides its own steps: drop --steps")
