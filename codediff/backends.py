@@ -289,11 +289,34 @@ class HFCausalBackend(Backend):
         return cache
 
 
+class RemoteDLMCache:
+    """The KV cache of a remote LLaDA model with Fast-dLLM's cache arguments: the per-layer
+    (keys, values) its forward returns with `use_cache=True` (keys before RoPE), reused the way
+    Fast-dLLM's generate functions reuse them. `keep` is set by `truncate` (prefix cache: the
+    steps read the first `keep` positions and recompute the rest); None means the whole
+    sequence is cached and a step rewrites its own positions in place (`replace_position`,
+    the dual cache)."""
+
+    def __init__(self) -> None:
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.length = 0
+        self.keep: int | None = None
+
+    def truncate(self, n: int) -> None:
+        self.keep = n
+
+
 class HFDiffusionBackend(Backend):
     """An external DLM: LLaDA convention (logits aligned) or Dream (position i predicts i + 1).
 
-    No KV cache: released LLaDA/Dream checkpoints do not expose a cache usable for diffusion
-    steps; prefix/dual caching needs our native model (or the export of it).
+    KV cache: where the remote code takes Fast-dLLM's cache arguments (`past_key_values`,
+    `use_cache`, `replace_position`: Fast-dLLM's LLaDA code), the prefix and dual caches drive
+    them (RemoteDLMCache); other remote DLMs run without a cache.
+
+    Padding: some remote code ignores the attention mask (Fast-dLLM's and the hub's LLaDA call
+    SDPA without it; Dream numbers positions 0..L-1 whatever it is given). `pads` says whether
+    left padding leaves the real positions' logits unchanged, probed once on a tiny input;
+    generation batches a model that does not pad by prompt length instead.
     """
 
     name = "hf"
@@ -306,12 +329,69 @@ class HFDiffusionBackend(Backend):
         params = inspect.signature(model.forward).parameters
         # LLaDA's remote code has no position_ids (it numbers positions 0..L-1); Dream does
         self._takes_positions = "position_ids" in params
+        self.dlm_cache = (convention == "llada" and "past_key_values" in params
+                          and "replace_position" in params)
+        self._pads: bool | None = None
+
+    @property
+    def pads(self) -> bool:
+        """Whether a left-padded row gives the same logits as the row alone (probed once)."""
+        if self._pads is None:
+            real = torch.tensor([[7, 11, 5, 9]], device=self.device) % max(
+                int(getattr(self.model.config, "vocab_size", 16) or 16), 16)
+            real[real == self.mask_id] = 3
+            padded = torch.cat([torch.full((1, 2), self.pad_id, device=self.device), real], 1)
+            mask = torch.tensor([[False, False, True, True, True, True]], device=self.device)
+            pos = (mask.long().cumsum(1) - 1).clamp(min=0)
+            # from the second real position: a Dream-convention position reads the one before
+            alone = self.forward(real)[:, 1:]
+            with_pad = self.forward(padded, attention_mask=mask, position_ids=pos)[:, 3:]
+            scale = alone.abs().max().item() + 1.0
+            self._pads = bool((alone - with_pad).abs().max().item() <= 1e-3 * scale)
+        return self._pads
+
+    def new_cache(self, batch: int, capacity: int) -> Any:
+        if not self.dlm_cache:
+            return super().new_cache(batch, capacity)
+        return RemoteDLMCache()
+
+    @torch.no_grad()
+    def _cached_forward(self, idx: torch.Tensor, start_pos: int, cache: RemoteDLMCache
+                        ) -> torch.Tensor:
+        """Fast-dLLM's three cached forwards: a block start (the whole sequence, fills the
+        cache), a prefix-cache step (reads the first `keep` positions), a dual-cache step
+        (the block only; its keys/values replace the cached ones in place)."""
+        with forward_context(self.device, self.dtype):
+            if start_pos == 0:
+                out = self.model(idx, use_cache=True)
+                cache.layers = [tuple(kv) for kv in out.past_key_values]
+                cache.keep = None
+            elif cache.keep is not None:
+                past = [(k[:, :, :cache.keep], v[:, :, :cache.keep]) for k, v in cache.layers]
+                out = self.model(idx, past_key_values=past, use_cache=True)
+            else:
+                B, T = idx.shape
+                total = cache.layers[0][0].shape[-2]
+                replace = torch.zeros(B, total, dtype=torch.bool, device=idx.device)
+                replace[:, int(start_pos):int(start_pos) + T] = True
+                out = self.model(idx, past_key_values=cache.layers, use_cache=True,
+                                 replace_position=replace)
+        return out.logits
 
     @torch.no_grad()
     def forward(self, idx, *, attention_mask=None, position_ids=None, start_pos=0, cache=None,
                 update_cache=False, logits_range=None, logits_at=None):
         if cache is not None:
-            raise UserError("external DLMs run without a KV cache; use --cache none")
+            if not self.dlm_cache:
+                raise UserError("this model's code takes no KV cache arguments (Fast-dLLM's "
+                                "past_key_values / replace_position); use --cache none")
+            if attention_mask is not None and not bool(attention_mask.all()):
+                raise ValueError("the remote DLM cache takes unpadded rows only")
+            logits = self._cached_forward(idx, int(start_pos), cache)
+            if logits_at is not None:
+                return _upcast(_at(logits, logits_at))
+            a, b = logits_range if logits_range is not None else (0, logits.shape[1])
+            return _upcast(logits[:, a:b])
         if logits_at is not None:
             return _at(self.forward(idx, attention_mask=attention_mask,
                                     position_ids=position_ids), logits_at)
@@ -553,7 +633,14 @@ def _load_hf(ckpt: Path, dev: torch.device, dt: torch.dtype, kind: str | None, c
     if kind == "ar":
         model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, **load_kw)
     else:
+        if trust_remote_code:
+            from codediff import hf_compat
+
+            # LLaDA / Dream remote code under transformers 5 (hf_compat's docstring)
+            hf_compat.prepare(config, ckpt)
         model = _load_hf_dlm(transformers, ckpt, config, load_kw)
+        if trust_remote_code:
+            model = hf_compat.finish(model)
     model.to(dev).eval()
     n_layer = int(getattr(config, "num_hidden_layers", getattr(config, "n_layers", 0)) or 0)
     d_model = int(getattr(config, "hidden_size", getattr(config, "d_model", 0)) or 0)
@@ -582,6 +669,18 @@ def _load_hf(ckpt: Path, dev: torch.device, dt: torch.dtype, kind: str | None, c
 def _load_hf_dlm(transformers: Any, ckpt: Path, config: Any, load_kw: dict) -> nn.Module:
     """LLaDA/Dream register AutoModel in their auto_map; plain HF models are causal or masked."""
     auto_map = getattr(config, "auto_map", None) or {}
+    if "AutoModel" in auto_map and load_kw.get("trust_remote_code"):
+        # the folder names its own class: its failure is the error to report (trying other
+        # auto classes would hide it behind "Unrecognized configuration class")
+        try:
+            return transformers.AutoModel.from_pretrained(ckpt, **load_kw)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the folder's own code can raise anything
+            msg = " ".join(str(e).split())[:300]
+            raise UserError(f"{ckpt}: the model's own code ({auto_map['AutoModel']}) failed to "
+                            f"load under transformers {transformers.__version__}: "
+                            f"{type(e).__name__}: {msg}") from e
     order = ["AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM"]
     if "AutoModel" not in auto_map:
         order = ["AutoModelForMaskedLM", "AutoModelForCausalLM", "AutoModel"]

@@ -14,7 +14,7 @@ from typing import Any
 from codediff.errors import UserError
 from codediff.infill import LENGTH_RULES
 from codediff.options import check, option
-from codediff.sampling import CACHES, DEFAULT_TAU, SAMPLERS
+from codediff.sampling import CACHES, DEFAULT_TAU, DLM_SCHEDULES, FACTOR_RULES, SAMPLERS
 
 SCHEDULES = ("cosine", "wsd", "constant")
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
@@ -266,6 +266,13 @@ class GenerateConfig:
     factor: float = option(1.0, min=0, kind="dlm", help="factor sampler: f", group="dlm")
     gamma: float = option(0.01, min=0, kind="dlm", help="entropy_bounded sampler: entropy "
                           "budget in nats", group="dlm")
+    factor_rule: str = option("stated", choices=FACTOR_RULES, kind="dlm", help="factor "
+                              "sampler: the published rule, or Fast-dLLM's code (fastdllm: also "
+                              "commits the last candidate when it is the first below its bar)",
+                              group="dlm")
+    step_schedule: str = option("even", choices=DLM_SCHEDULES, kind="dlm", help="fixed-schedule "
+                                "samplers: commits per step, even (LLaDA) or dream (Dream's "
+                                "n_mask*(1-s/t) over linspace(1, eps))", group="dlm")
     gen_length: int = option(256, min=1, kind="dlm", help="answer length in tokens", group="dlm")
     block_length: int = option(32, min=1, kind="dlm", help="semi-autoregressive block length "
                                "(= gen-length: one block)", group="dlm")

@@ -157,6 +157,12 @@ def validate(cfg: GenerateConfig) -> None:
         if name in cfg.explicit and cfg.sampler != owner:
             raise UserError(f"--{name} applies to --sampler {owner} only (this run uses "
                             f"--sampler {cfg.sampler}); drop --{name} or pass --sampler {owner}")
+    if "factor_rule" in cfg.explicit and cfg.sampler != "factor":
+        raise UserError(f"--factor-rule applies to --sampler factor only (this run uses "
+                        f"--sampler {cfg.sampler}); drop --factor-rule")
+    if "step_schedule" in cfg.explicit and SAMPLERS[cfg.sampler][1] != "schedule":
+        raise UserError(f"--step-schedule applies to the fixed-schedule samplers only; --sampler "
+                        f"{cfg.sampler} decides its own steps: drop --step-schedule")
     if "steps" in cfg.explicit and SAMPLERS[cfg.sampler][1] != "schedule":
         raise UserError(f"--steps applies to the fixed-schedule samplers only; --sampler "
                         f"{cfg.sampler} decides its own steps: drop --steps")
@@ -178,6 +184,8 @@ def _with_budget(cfg: GenerateConfig, plan: InfillPlan | None, mode: str) -> Gen
 
 def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
     """The options that decide the samples (what a resumed run must share)."""
+    from codediff.sampling import SAMPLERS
+
     s: dict[str, Any] = {"mode": mode, "seed": cfg.seed, "n": cfg.n,
                          "token_healing": cfg.token_healing}
     if mode == "ar":
@@ -193,6 +201,10 @@ def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
             s["tau"] = cfg.tau
         if cfg.sampler == "factor":
             s["factor"] = cfg.factor
+            if cfg.factor_rule != "stated":  # absent by default: older runs resume as before
+                s["factor_rule"] = cfg.factor_rule
+        if cfg.step_schedule != "even" and SAMPLERS[cfg.sampler][1] == "schedule":
+            s["step_schedule"] = cfg.step_schedule
         if cfg.sampler == "entropy_bounded":
             s["gamma"] = cfg.gamma
     return s
@@ -500,20 +512,33 @@ def _run_batch(cfg: GenerateConfig, backend: Backend, batch: list[Job],
                        top_p=cfg.top_p, top_k=cfg.top_k, use_cache=cfg.kv_cache)
         return generate_ar(backend, prompts, s, stops, gens, heal=cfg.token_healing)
     from codediff.sampling.dlm import generate_dlm
+    from codediff.sampling.groups import by_prompt_length
 
     settings = _dlm_settings(cfg)
     if batch[0].fill_tokens:  # --infill-length oracle: one block of the fill's length
         settings = _oracle_settings(settings, batch[0].fill_tokens)
-    return generate_dlm(backend, prompts, settings, stops, gens, heal=cfg.token_healing,
-                        suffixes=suffixes)
+
+    def run(ps: list[list[int]], gs: list[torch.Generator],
+            sfx: list[list[int]] | None) -> list[Sample]:
+        return generate_dlm(backend, ps, settings, stops, gs, heal=cfg.token_healing,
+                            suffixes=sfx)
+
+    if not getattr(backend, "pads", True):
+        # the model's code ignores the padding mask: rows of one prompt (and suffix) length at
+        # a time, so the batch size never changes a sample
+        return by_prompt_length(backend.tokenizer, prompts, gens, run, heal=cfg.token_healing,
+                                suffixes=suffixes)
+    return run(prompts, gens, suffixes)
 
 
 def _dlm_settings(cfg: GenerateConfig) -> DLMSettings:
     from codediff.sampling.dlm import DLMSettings
     from codediff.sampling.rules import CommitRule
 
-    rule = CommitRule(cfg.sampler, tau=cfg.tau, factor=cfg.factor, gamma=cfg.gamma)
+    rule = CommitRule(cfg.sampler, tau=cfg.tau, factor=cfg.factor, gamma=cfg.gamma,
+                      factor_rule=cfg.factor_rule)
     return DLMSettings(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps,
+                       schedule=cfg.step_schedule,
                        temperature=cfg.temperature, rule=rule, cache=cfg.cache,
                        logits_eos_inf=cfg.logits_eos_inf,
                        confidence_eos_inf=cfg.confidence_eos_inf, early_stop=cfg.early_stop,

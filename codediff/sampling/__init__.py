@@ -23,5 +23,16 @@ SAMPLERS: dict[str, tuple[str, str]] = {
 # The threshold sampler's confidence bar unless one is given (Fast-dLLM's setting).
 DEFAULT_TAU = 0.9
 
+# How a fixed-schedule sampler spreads a block's masks over its steps: `even` (LLaDA: the same
+# count every step, the remainder first) or `dream` (Dream's diffusion_generate: n_mask * (1 - s/t)
+# of the remaining masks over timesteps linspace(1, eps, steps + 1), all the rest at the last step).
+DLM_SCHEDULES: tuple[str, ...] = ("even", "dream")
+DREAM_EPS = 1e-3  # Dream's default eps (generation_config.eps)
+
+# The factor sampler: `stated` follows the published rule (the n best while c_(n) >= 1 - f/(n+1));
+# `fastdllm` is Fast-dLLM's code, which also commits the last candidate whenever the first one
+# below its bar is the last one (so a block's last two masks always go together).
+FACTOR_RULES: tuple[str, ...] = ("stated", "fastdllm")
+
 # KV cache modes of DLM decoding: none, prefix (Fast-dLLM) or dual (prefix + suffix).
 CACHES: tuple[str, ...] = ("none", "prefix", "dual")

@@ -53,6 +53,7 @@ class DLMSettings:
     gen_length: int = 256
     block_length: int = 32
     steps: int | None = None        # schedule samplers; None = gen_length (one token per step)
+    schedule: str = "even"          # schedule samplers: commits per step (rules.transfer_schedule)
     temperature: float = 0.0        # Gumbel-max temperature; 0 = argmax
     rule: CommitRule = CommitRule()
     cache: str = "none"
@@ -244,7 +245,8 @@ class _Run:
         BL = e - s
         k_sched = None
         if st.rule.fixed_schedule:
-            k_sched = transfer_schedule((x[:, s:e] == mask_id).sum(dim=1), st.steps_per_block)
+            k_sched = transfer_schedule((x[:, s:e] == mask_id).sum(dim=1), st.steps_per_block,
+                                        st.schedule)
         n_steps = st.steps_per_block if st.rule.fixed_schedule else BL
         rows_np = np.asarray(rows)
         live = ~np.asarray(done)[rows_np]

@@ -29,7 +29,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from codediff.sampling import DEFAULT_TAU, SAMPLERS, kernel  # noqa: F401 - SAMPLERS: name -> (score, rule)
+from codediff.sampling import (  # noqa: F401 - SAMPLERS: name -> (score, rule)
+    DEFAULT_TAU,
+    DLM_SCHEDULES,
+    DREAM_EPS,
+    FACTOR_RULES,
+    SAMPLERS,
+    kernel,
+)
 
 NEG_INF = float("-inf")
 
@@ -42,10 +49,13 @@ class CommitRule:
     tau: float = DEFAULT_TAU  # threshold
     factor: float = 1.0       # factor
     gamma: float = 0.01       # entropy_bounded (nats)
+    factor_rule: str = "stated"  # factor: "stated" or Fast-dLLM's code ("fastdllm"; FACTOR_RULES)
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.factor_rule not in FACTOR_RULES:
+            raise ValueError(f"factor_rule must be one of {', '.join(FACTOR_RULES)}")
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError(f"tau must be in [0, 1], got {self.tau}")
         if self.factor < 0 or self.gamma < 0:
@@ -136,16 +146,33 @@ def propose(logits: torch.Tensor, temperature: float, score: str,
 
 # ----------------------------------------------------------------------------- schedules
 
-def transfer_schedule(n_masked: torch.Tensor, steps: int) -> torch.Tensor:
-    """[B, steps] commits per step: n_masked[b] split evenly, the remainder to the first steps.
+def transfer_schedule(n_masked: torch.Tensor, steps: int, kind: str = "even",
+                      eps: float = DREAM_EPS) -> torch.Tensor:
+    """[B, steps] commits per step for blocks of n_masked[b] masks (`kind`: DLM_SCHEDULES).
 
-    LLaDA's linear noise schedule makes the expected number of unmasked tokens per step constant,
-    so a block of M masks over S steps commits M // S per step plus one more in the first
-    M % S steps.
+    even: LLaDA's linear noise schedule makes the expected number of unmasked tokens per step
+    constant, so a block of M masks over S steps commits M // S per step plus one more in the
+    first M % S steps.
+    dream: Dream's `diffusion_generate`: over timesteps t = linspace(1, eps, S + 1), step i
+    commits int(M_i * (1 - t[i+1] / t[i])) of the M_i masks still left, and the last step all
+    of them. It is computed in float32 as Dream does (the rounding decides the counts: with
+    S = M the first step commits nothing and the last two).
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
+    if kind not in DLM_SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(DLM_SCHEDULES)}")
     n = n_masked.reshape(-1).to(torch.long)
+    if kind == "dream":
+        t = torch.linspace(1, eps, steps + 1, dtype=torch.float32)
+        left = n.cpu().to(torch.float32)
+        cols = []
+        for i in range(steps):
+            k = left.clone() if i == steps - 1 else (left * (1 - t[i + 1] / t[i])).to(torch.long)
+            k = k.to(torch.long)
+            cols.append(k)
+            left = left - k
+        return torch.stack(cols, dim=1).to(n.device)
     base = torch.div(n, steps, rounding_mode="floor")
     rem = n - base * steps
     cols = torch.arange(steps, device=n.device).unsqueeze(0)
@@ -191,17 +218,22 @@ def select_threshold(conf: torch.Tensor, candidates: torch.Tensor, tau: float) -
     return _first_k(order, k, candidates)
 
 
-def select_factor(conf: torch.Tensor, candidates: torch.Tensor, factor: float) -> torch.Tensor:
+def select_factor(conf: torch.Tensor, candidates: torch.Tensor, factor: float,
+                  rule: str = "stated") -> torch.Tensor:
     """Fast-dLLM's factor rule: commit the n best while the n-th best c_(n) >= 1 - f/(n+1).
 
     n counts from 1; the best is always committed. (Fast-dLLM's derivation: committing n tokens
-    in parallel is safe when (n + 1)(1 - c_(n)) < f.)
+    in parallel is safe when (n + 1)(1 - c_(n)) < f.) rule "fastdllm" is Fast-dLLM's code: when
+    the first candidate below its bar is the last candidate, it is committed too.
     """
     values, order = _ranked(conf, candidates)
     n = torch.arange(1, values.shape[-1] + 1, device=values.device, dtype=torch.float64)
     ok = values >= (1.0 - factor / (n + 1.0))
     ok[..., 0] = True
     k = ok.to(torch.long).cumprod(dim=-1).sum(dim=-1)  # length of the all-ok prefix
+    if rule == "fastdllm":
+        n_cand = candidates.sum(dim=-1)
+        k = torch.where(k == n_cand - 1, n_cand, k)
     return _first_k(order, _at_least_one(k, candidates), candidates)
 
 
@@ -231,7 +263,7 @@ def select(rule: CommitRule, conf: torch.Tensor, entropy: torch.Tensor | None,
     if rule.rule == "threshold":
         return select_threshold(conf, candidates, rule.tau)
     if rule.rule == "factor":
-        return select_factor(conf, candidates, rule.factor)
+        return select_factor(conf, candidates, rule.factor, rule.factor_rule)
     if entropy is None:
         raise ValueError("entropy_bounded needs the entropies (propose(..., need_entropy=True))")
     return select_entropy_bounded(conf, entropy, candidates, rule.gamma)
