@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("codediff.corpus.cli", "build a capped, deduplicated, decontaminated Python corpus"),
     "train": ("codediff.train_cli", "train an `ar` or `mdm` coder on a corpus for a token budget"),
     "generate": ("codediff.generate_cli", "sample completions for a task from a checkpoint"),
+    "recipes": ("codediff.recipe", "list the published evaluation settings of external models"),
     "export": ("codediff.export", "export an mdm checkpoint in the LLaDA convention"),
     "score": ("codediff.codechoice_score", "rank code-choice options by a checkpoint's "
               "likelihood"),
