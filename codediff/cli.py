@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("codediff.generate_cli", "sample completions for a task from a checkpoint"),
     "sweep": ("codediff.sweep_cli", "train and score a grid of ar/mdm cells on nested corpora; "
               "find the crossover"),
+    "recipes": ("codediff.recipe", "list the published evaluation settings of external models"),
     "export": ("codediff.export", "export an mdm checkpoint in the LLaDA convention"),
     "score": ("codediff.codechoice_score", "rank code-choice options by a checkpoint's "
               "likelihood"),

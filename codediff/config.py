@@ -227,6 +227,9 @@ class GenerateConfig:
                         "folder", group="io")
     task: str = option(help="task name (see `codediff tasks`)", group="io")
     out: str = option(help="samples file to write (samples.jsonl)", group="io")
+    recipe: str | None = option(None, help="published evaluation settings by name (`codediff "
+                                "recipes`) or a recipe .toml file: its values are defaults, "
+                                "options typed here win", default_text="none", group="io")
     prompt_format: str | None = option(None, help="prompt format of the task spec",
                                        default_text="the task's default", group="io")
     data: str | None = option(None, help="task data file or folder",

@@ -207,7 +207,52 @@ def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
             s["step_schedule"] = cfg.step_schedule
         if cfg.sampler == "entropy_bounded":
             s["gamma"] = cfg.gamma
+    recipe = _recipe_task(cfg)
+    if recipe is not None:  # only then: fingerprints of runs without a recipe stay as they were
+        s["recipe"] = cfg.recipe
+        if recipe.style == "chat":
+            s["prompt"] = {"style": "chat", "system": recipe.system, "user": recipe.user,
+                           "assistant_prefix": recipe.assistant_prefix}
+        if recipe.stop is not None:
+            s["stop"] = list(recipe.stop)
     return s
+
+
+def _recipe_task(cfg: GenerateConfig) -> Any:
+    """The recipe's settings for this task (codediff.recipe.TaskRecipe), or None."""
+    r = cfg.extra.get("recipe")
+    return r.for_task(cfg.task) if r is not None else None
+
+
+def _prompt_text(task: Any, problem: Any, fmt: str, recipe: Any, backend: Any,
+                 name: str | None) -> str:
+    """The task's prompt, or a chat recipe's: the tokenizer's chat template over its messages."""
+    if recipe is None or recipe.style != "chat":
+        return task.prompt_for(problem, fmt)
+    from codediff.harness.tasks import _fields
+    from codediff.recipe import chat_prompt
+
+    return chat_prompt(backend.tokenizer, recipe, _fields(problem), f"recipe {name}")
+
+
+def environment(backend: Any) -> dict[str, Any]:
+    """Library versions and the accelerator a run used (the sidecar's `environment`)."""
+    import importlib.metadata as md
+    import platform
+
+    def version(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    dev = getattr(backend, "device", None)
+    gpu = None
+    if isinstance(dev, torch.device) and dev.type == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(dev)
+    return {"codediff": __version__, "torch": torch.__version__,
+            "transformers": version("transformers"), "python": platform.python_version(),
+            "device": str(dev) if dev is not None else None, "gpu": gpu}
 
 
 # ----------------------------------------------------------------------------- main
@@ -220,6 +265,9 @@ def run_generate(cfg: GenerateConfig) -> Path:
     task = load_task(cfg.task, cfg.data)
     fmt = task.format(cfg.prompt_format)
     stops = task.stop_sequences(fmt.name)
+    recipe = _recipe_task(cfg)
+    if recipe is not None and recipe.stop is not None:  # the published stop sequences
+        stops = list(recipe.stop)
     problems = task.problems
     if cfg.task_ids:
         wanted = set(cfg.task_ids)
@@ -244,6 +292,9 @@ def run_generate(cfg: GenerateConfig) -> Path:
     from codediff.options import check_kind
 
     check_kind(GenerateConfig, cfg.explicit, mode, cfg.model)
+    if recipe is not None and cfg.extra["recipe"].kind != mode:
+        raise UserError(f"recipe {cfg.recipe} is for {cfg.extra['recipe'].kind} models and "
+                        f"{cfg.model} runs as {mode}; choose a recipe for this model")
     plan, sentinels, stops = _infill_setup(cfg, task, fmt, backend, mode, stops)
     cfg = _with_budget(cfg, plan, mode)
     if plan is None or plan.length_rule != "oracle":  # oracle: checked per problem
@@ -297,7 +348,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
     # ---- jobs
     jobs = []
     for pi, p in enumerate(problems):
-        prompt = task.prompt_for(p, fmt.name)
+        prompt = _prompt_text(task, p, fmt.name, recipe, backend, cfg.recipe)
         suffix = task.suffix_for(p, fmt.name) if plan is not None and plan.infill else ""
         fill = _oracle_tokens(backend, p) if plan is not None and plan.length_rule == "oracle" \
             else 0
@@ -610,6 +661,9 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
                    "flops_per_token": tot["flops"] / tot["tokens"] if tot["tokens"] else None},
         "world_size": world,
         "batch_size": cfg.batch_size,
+        "recipe": (cfg.extra["recipe"].record(ident["task"]) if cfg.extra.get("recipe")
+                   else None),
+        "environment": environment(backend),
         "created_by": f"codediff {__version__}",
         "torch": torch.__version__,
     }

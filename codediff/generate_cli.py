@@ -29,7 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
-    return options.from_args(GenerateConfig, args, explicit=options.explicit(args))
+    cfg = options.from_args(GenerateConfig, args, explicit=options.explicit(args))
+    if cfg.recipe:  # the recipe's values where no option was typed (codediff.recipe)
+        from codediff.recipe import apply
+
+        cfg = apply(cfg)
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:

@@ -146,6 +146,7 @@ def board_context(results: list[Result], choices: list[dict], title: str,
             r["best"] = set()
         b["ranked"], b["partial"] = ranked, partial
         b["has_plus"] = any("plus" in r["phases"] for r in rows)
+        b["has_published"] = any(r.get("published") for r in rows)
         b["id"] = "board-" + re.sub(r"[^A-Za-z0-9]+", "-", task)
         b["speed"] = _speed_chart(ranked)
     choice_board = _choice_board(choices, runs or [], links) if choices else None
@@ -218,6 +219,10 @@ def flat_rows(ctx: dict) -> list[dict]:
                         name = f"{ph}_pass@{k}" + ("" if part == "v" else f"_ci95_{part}")
                         rec[name] = p[part] if p else None
             rec.update({f"decoding_{k}": v for k, v in r["decoding"].items()})
+            pub = r.get("published") or {}
+            rec.update(recipe=r.get("recipe"), published_metric=pub.get("metric"),
+                       published_phase=pub.get("phase"), published_value=pub.get("value"),
+                       published_ours=pub.get("ours"), published_source=pub.get("source"))
             rec.update(nfe=r["nfe"], tokens_per_forward=r["tokens_per_forward"],
                        output_tokens_per_s=r["out_tps"], generation_seconds=r["gen_seconds"])
             rec.update({f"train_{k}": v for k, v in r["training"].items()})

@@ -22,6 +22,7 @@ def result_row(r: Result) -> dict:
     model, sampler, totals = r.model, r.sampler, r.totals
     gen = d.get("generation") or {}
     harness = d.get("harness") or {}
+    env = gen.get("environment") or {}
     return {
         "label": r.label, "task": r.task, "path": str(r.path), "dir": r.path.name,
         "dataset": d.get("dataset") or {}, "format": d.get("prompt_format", ""),
@@ -41,11 +42,36 @@ def result_row(r: Result) -> dict:
         "out_tps": totals.get("tokens_per_second"), "gen_seconds": totals.get("seconds"),
         "flops_per_token": totals.get("flops_per_token"),
         "training": training(model),
-        "env": {"device": model.get("gpu") or model.get("device"), "torch": gen.get("torch"),
+        "recipe": (gen.get("recipe") or {}).get("name"),
+        "published": published(gen.get("recipe"), passk),
+        "env": {"device": env.get("gpu") or model.get("gpu") or model.get("device"),
+                "torch": env.get("torch") or gen.get("torch"),
+                "transformers": env.get("transformers"), "codediff": env.get("codediff"),
+                "batch_size": gen.get("batch_size"),
                 "harness": harness.get("version"),
                 "dataset_sha": ((d.get("dataset") or {}).get("sha256") or "")[:12]},
         "model": model, "sampler": sampler, "totals": totals,
     }
+
+
+def published(recipe: dict | None, passk: dict) -> dict | None:
+    """The recipe's published number beside ours, as fractions like pass@k: {"metric", "phase",
+    "value" (None when the recipe has not transcribed it), "ours", "source", "url", "text"}
+    ("published 47.0, ours 45.1"), or None when the samples were made without a recipe."""
+    pub = (recipe or {}).get("published")
+    if not pub:
+        return None
+    k = int(str(pub.get("metric", "pass@1")).removeprefix("pass@") or 1)
+    mine = (passk.get(pub.get("phase", "base")) or {}).get(k)
+    ours = mine["v"] if mine else None
+    value = pub.get("value")
+    value = None if value is None else float(value) / 100
+    text = (f"{pub.get('metric')} {pub.get('phase')}: published "
+            + ("–" if value is None else f"{100 * value:.1f}")
+            + ", ours " + ("–" if ours is None else f"{100 * ours:.1f}"))
+    return {"metric": pub.get("metric"), "phase": pub.get("phase"), "value": value,
+            "ours": ours, "source": pub.get("source"), "url": pub.get("url"), "text": text,
+            "recipe": recipe.get("name")}
 
 
 def _score(passk: dict, phases: tuple, ks: list[int]) -> dict | None:
