@@ -16,7 +16,6 @@ import torch
 
 from codediff.sampling.common import Sample, heal_prompts
 
-
 Run = Callable[[list[list[int]], list[torch.Generator], list[list[int]] | None], list[Sample]]
 
 
