@@ -8,6 +8,7 @@
 #   corpus     prepare the sweep dir (`codediff sweep --emit commands`, which prepares and prints
 #              the commands): build the full corpus (stdlib + site-packages, decontaminated) and
 #              the nested U levels, check their hashes against committed data, write cell files
+#   fimbench   ar against ar --fim-rate 0.5 on `tiny` (bench/train_throughput.py --extra fim)
 #   probe      how many `tiny` runs share the GPU before each slows down: PROBE_N runs at once
 #              (e.g. "1 2 3 4") of PROBE_TOKENS each on U = 5M; prints the median tokens/s per run
 #              and in total for each N (fills the --parallel question for docs/benchmarks.md)
@@ -17,8 +18,10 @@
 #   pack       the sweep dir's data (JSON, logs, code-choice set; no weights, tokens or samples)
 #              into $OUT/sweep-data.tgz: untar it at the repo root and commit it
 #
-#   carry: .whl (scripts/device_wheels.sh) and corpora/data (a copy of the shared task data:
-#   decontamination and the infilling tasks need it; `cp -r ../shared/data corpora/data`)
+#   carry: .whl (scripts/device_wheels.sh), corpora/data (a copy of the shared task data:
+#   decontamination and the infilling tasks need it; `cp -r ../shared/data corpora/data`, or set
+#   CODEDIFF_DATA to where it was carried) and optionally .deb (the Debian `bubblewrap` package,
+#   unpacked here when the machine has no bwrap, so task samples are judged in the sandbox)
 #   e.g.  STAGES="corpus probe" PROBE_N="1 2 3 4" bash bench/h200_sweep.sh
 #         CELLS="tiny-U1M-* tiny-U2.5M-* tiny-U5M-*" PARALLEL=3 bash bench/h200_sweep.sh
 #         CELLS="mid-*" PARALLEL=1 bash bench/h200_sweep.sh
@@ -40,6 +43,13 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/site:$PWD
 export CODEDIFF_DATA=${CODEDIFF_DATA:-$PWD/corpora/data}  # carried: the shared task data
+if ! command -v bwrap > /dev/null && ls .deb/bubblewrap*.deb > /dev/null 2>&1; then
+  # the Debian package, carried (.deb/): unpacked, not installed
+  mkdir -p /tmp/bw && for f in .deb/bubblewrap*.deb; do dpkg -x "$f" /tmp/bw; done
+  export PATH=/tmp/bw/usr/bin:$PATH
+  bwrap --ro-bind / / --unshare-all true 2>/dev/null && echo "sandbox: bwrap from .deb runs" \
+    || { echo "sandbox: bwrap from .deb cannot run here"; rm -rf /tmp/bw/usr/bin/bwrap; }
+fi
 cd_flags=()
 if ! command -v bwrap > /dev/null; then
   if [ "${UNSAFE_NO_SANDBOX:-0}" = 1 ]; then
@@ -92,6 +102,10 @@ else:
 EOF
       [ "$(left)" -lt 120 ] && { echo "probe: stopping (time)"; break; }
     done ;;
+  fimbench)
+    # issue 15: ar against ar --fim-rate 0.5, same model, same process (tokens/s, MFU)
+    python3 bench/train_throughput.py --configs tiny --objectives ar --extra fim \
+      --repeats "${FIM_REPEATS:-3}" 2>&1 | tail -n 8 ;;
   cells)
     sel=(); [ -n "$CELLS" ] && { read -r -a pats <<< "$CELLS"; sel=(--cells "${pats[@]}"); }
     timeout -s INT "$(left)" python3 -m codediff.cli sweep "$SPEC" --out "$SWEEP" \

@@ -408,7 +408,7 @@ def _check_tasks(spec: Spec) -> None:
 
     known = available_tasks()
     for t in spec.eval.tasks:
-        if t not in known:
+        if t.partition(":")[0] not in known:
             raise UserError(f"eval.tasks: {t!r} is not a task of this codediff (`codediff tasks` "
                             "lists them); remove it from the spec or update codediff")
 

@@ -8,8 +8,11 @@ holding each metric as {"value", "stderr", "settings", "seconds", ...}:
   way (same windows, batch, masking draws and seed).
 - `codechoice`: accuracy on the code-choice set (AR exact log-likelihood, MDM coupled ELBO), with
   its binomial standard error.
-- any task name: pass@1 of one greedy sample per problem (`codediff generate`, then `codediff
-  evaluate` in its sandbox), generic over the task: the infilling tasks, or `humaneval`.
+- any task name, or `task:format` for one of its prompt formats: pass@1 of one greedy sample
+  per problem (`codediff generate`, then `codediff evaluate` in its sandbox), generic over the
+  task: the infilling tasks (`:prefix`, `:infill`), or `humaneval`. `task_limit` takes that
+  many problems spread evenly over the task. An `infill` prompt for an `ar` model trained
+  without fill-in-the-middle is recorded as skipped (value null, the reason).
 
 The model is loaded once per checkpoint and every metric reuses it; the file is rewritten after
 each metric, so a killed evaluation redoes at most one metric of one checkpoint.
@@ -85,8 +88,10 @@ def evaluate_cell(spec: Spec, out: Path, cell_id: str, *, device: str | None = N
     if ev.codechoice:
         from codediff.codechoice_score import read_choices
 
-        cc_file = out / manifest["codechoice"]["file"] if not Path(
-            manifest["codechoice"]["file"]).is_absolute() else Path(manifest["codechoice"]["file"])
+        # a file inside the sweep dir is recorded relative to it; one the spec names elsewhere
+        # relative to the folder codediff runs in (as the spec gave it)
+        f = Path(manifest["codechoice"]["file"])
+        cc_file = out / f if not f.is_absolute() and (out / f).is_file() else f
         rows = read_choices(cc_file)[: ev.codechoice.limit]
     written = 0
     for name in todo:
@@ -151,8 +156,14 @@ def evaluate_cell(spec: Spec, out: Path, cell_id: str, *, device: str | None = N
                 _settings_check(path, task, have[task].get("settings", {}), settings)
                 continue
             t0 = time.time()
-            save(task, {**pass_at_1(ck, task, d / "eval" / name / task, ev.task_limit,
-                                    ev.generate, device, progress, unsafe_no_sandbox),
+            skip = _cannot_infill(task, meta)
+            if skip:
+                save(task, {"value": None, "stderr": None, "skipped": skip,
+                            "settings": settings, "seconds": 0.0})
+                continue
+            save(task, {**pass_at_1(ck, task, d / "eval" / name / task.replace(":", "-"),
+                                    ev.task_limit, ev.generate, device, progress,
+                                    unsafe_no_sandbox),
                         "settings": settings, "seconds": round(time.time() - t0, 2)})
         if progress:
             got = ", ".join(f"{k} {v['value']:.4g}" for k, v in have.items()
@@ -191,7 +202,31 @@ def _val_loss(model, windows, meta: dict, corpus, s: dict, device: str) -> float
                 amp.__exit__(None, None, None)
 
 
-def pass_at_1(checkpoint: Path, task: str, folder: Path, limit: int | None,
+def split_task(entry: str) -> tuple[str, str | None]:
+    """`task` or `task:format` (an eval.tasks entry) -> (task, prompt format or None)."""
+    task, _, fmt = entry.partition(":")
+    return task, (fmt or None)
+
+
+def _cannot_infill(entry: str, meta: dict) -> str:
+    """Why a checkpoint cannot be scored on this entry ("" if it can): an `infill` prompt needs
+    an `mdm` model or an `ar` model trained with fill-in-the-middle (codediff.generate refuses
+    the rest), so such a metric is recorded as skipped, not failed."""
+    _, fmt = split_task(entry)
+    if fmt == "infill" and meta.get("objective") == "ar" and not (meta.get("fim_rate") or 0) > 0:
+        return "ar model trained without fill-in-the-middle (fim_rate 0): no infill prompt"
+    return ""
+
+
+def spread(ids: list[str], limit: int | None) -> list[str] | None:
+    """`limit` task ids spread evenly over the task's order (None: all of them). The first N
+    would be a few HumanEval problems' holes; every (len/N)-th covers the whole set."""
+    if limit is None or limit >= len(ids):
+        return None
+    return [ids[(i * len(ids)) // limit] for i in range(limit)]
+
+
+def pass_at_1(checkpoint: Path, entry: str, folder: Path, limit: int | None,
               generate: dict[str, Any], device: str, progress: bool,
               unsafe_no_sandbox: bool = False) -> dict[str, Any]:
     """pass@1 of one greedy sample per problem: `codediff generate` in this process (the model
@@ -201,7 +236,9 @@ def pass_at_1(checkpoint: Path, task: str, folder: Path, limit: int | None,
 
     from codediff.config import GenerateConfig
     from codediff.generate import run_generate
+    from codediff.harness.tasks import load_task
 
+    task, fmt = split_task(entry)
     folder.mkdir(parents=True, exist_ok=True)
     samples = folder / "samples.jsonl"
     # one [eval.generate] table serves both kinds: keep the options of this model's kind
@@ -209,9 +246,12 @@ def pass_at_1(checkpoint: Path, task: str, folder: Path, limit: int | None,
     kind = "ar" if meta.get("objective") == "ar" else "dlm"
     kinds = {f.name: f.metadata.get("kind") for f in fields(GenerateConfig)}
     opts = {"batch_size": 64, **{k: v for k, v in generate.items() if kinds.get(k) in (None, kind)}}
-    cfg = GenerateConfig(model=str(checkpoint), task=task, out=str(samples), n=1, limit=limit,
-                         device=device, progress=False, **opts)
-    cfg.explicit = set(opts) | {"n", "limit", "device"}
+    if fmt is not None:
+        opts["prompt_format"] = fmt
+    ids = spread([p.task_id for p in load_task(task).problems], limit)
+    cfg = GenerateConfig(model=str(checkpoint), task=task, out=str(samples), n=1,
+                         task_ids=ids, device=device, progress=False, **opts)
+    cfg.explicit = set(opts) | {"n", "device"} | ({"task_ids"} if ids else set())
     run_generate(cfg)
     results = folder / "results"
     cmd = [sys.executable, "-m", "codediff.cli", "evaluate", "--task", task, "--samples",

@@ -103,7 +103,7 @@ class EvalSpec:
     val_loss: bool = True
     codechoice: CodechoiceSpec | None = None
     tasks: list[str] = field(default_factory=list)  # execution-judged, greedy, pass@1
-    task_limit: int | None = None  # first N problems of each task
+    task_limit: int | None = None  # N problems of each task, spread evenly over it
     generate: dict[str, Any] = field(default_factory=dict)  # `codediff generate` options
 
     @property
@@ -330,6 +330,16 @@ def _eval(raw: Any, where: str, base: Path | None) -> EvalSpec:
     for t in e.tasks:
         if t in ("val_loss", "codechoice"):
             raise UserError(f"{where}: eval.tasks: {t!r} is not a task; set eval.{t} instead")
+        name, _, fmt = t.partition(":")
+        try:
+            from codediff.harness.tasks import get_spec
+
+            ts = get_spec(name)
+        except UserError as err:
+            raise UserError(f"{where}: eval.tasks: {err}") from None
+        if fmt and fmt not in ts.formats:
+            raise UserError(f"{where}: eval.tasks: task {name} has no prompt format {fmt!r}; "
+                            f"choose one of {', '.join(ts.formats)}")
     if "task_limit" in raw:
         e.task_limit = _count(raw["task_limit"], f"{where}: eval.task_limit")
     gen = raw.get("generate", {})

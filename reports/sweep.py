@@ -149,7 +149,8 @@ def _ar_past_best(loaded: dict) -> list[dict]:
                  "scores": [_fmt((e["metrics"].get(k) or {}).get("value"), k) for k in scores]}
                 for e in past]
         series = [(k, [(e["metrics"]["val_loss"]["value"], e["metrics"][k]["value"],
-                        e["metrics"][k].get("stderr")) for e in past if k in e["metrics"]])
+                        e["metrics"][k].get("stderr")) for e in past
+                       if (e["metrics"].get(k) or {}).get("value") is not None])
                   for k in scores]
         facts = []
         if len(past) >= 2:

@@ -205,7 +205,7 @@ def test_spec_refusals(tmp_path, capsys):
     base = _spec(tmp_path).read_text()
     cases = {
         "preset = \"tiny\"": ("preset = \"huge\"", "preset 'huge' is not one of"),
-        "[defaults.train]": ("[defaults.train]\nfim_rate = 0.5", "train.fim_rate is not a "
+        "[defaults.train]": ("[defaults.train]\nbeam_width = 2", "train.beam_width is not a "
                              "`codediff train` option of this codediff"),
         "seed = 0\n[defaults.train]": ("seed = 0\nepochs = 4\n[defaults.train]",
                                        "give exactly one of total_tokens"),
@@ -378,6 +378,40 @@ def test_task_pass_at_1_through_generate_and_evaluate(toy, tmp_path):
         meta = json.loads((tmp_path / obj / "samples.meta.json").read_text())
         assert meta["settings"]["temperature"] == 0.0
         assert (tmp_path / obj / "results" / "results.json").is_file()
+
+
+def test_infilling_metrics_in_both_prompt_modes(toy, tmp_path):
+    """`task:format` entries: an infilling task scored with its `prefix` or `infill` prompts on
+    holes spread over the whole set; an `infill` prompt for an ar model without FIM is a skip
+    (with its reason), never a failed cell."""
+    from codediff.harness.tasks import load_task
+
+    from codediff.sweep_eval import _cannot_infill, pass_at_1, split_task, spread
+
+    assert split_task("humaneval-infill-single:infill") == ("humaneval-infill-single", "infill")
+    assert split_task("humaneval") == ("humaneval", None)
+    ids = [p.task_id for p in load_task("humaneval-infill-single").problems]
+    picked = spread(ids, 4)
+    assert len(picked) == 4 and picked[0] == ids[0] and picked[-1] == ids[(3 * len(ids)) // 4]
+    assert len({i.split("/")[2] for i in picked}) == 4  # four different HumanEval problems
+    assert spread(ids, None) is None and spread(ids, len(ids) + 1) is None
+    assert "fill-in-the-middle" in _cannot_infill("mbpp-infill-single:infill",
+                                                  {"objective": "ar", "fim_rate": 0.0})
+    assert _cannot_infill("mbpp-infill-single:infill", {"objective": "ar", "fim_rate": 0.5}) == ""
+    assert _cannot_infill("mbpp-infill-single:prefix", {"objective": "ar"}) == ""
+    assert _cannot_infill("mbpp-infill-single:infill", {"objective": "mdm"}) == ""
+    gen = {"gen_length": 8, "block_length": 8, "max_new_tokens": 8, "temperature": 0.0}
+    for obj, fmt in (("ar", "prefix"), ("mdm", "infill")):
+        ck = sorted((toy["out"] / "cells" / f"tiny-U20k-{obj}-s0" / "run" / "checkpoints")
+                    .iterdir())[-1]
+        r = pass_at_1(ck, f"humaneval-infill-single:{fmt}", tmp_path / obj, 3, gen, "cpu",
+                      False)
+        assert r["n"] == 3 and r["phase"] == "base"
+        rows = [json.loads(x) for x in (tmp_path / obj / "samples.jsonl").read_text()
+                .splitlines()]
+        assert sorted(x["task_id"] for x in rows) == sorted(spread(ids, 3))
+        meta = json.loads((tmp_path / obj / "samples.meta.json").read_text())
+        assert meta["prompt_format"] == fmt
 
 
 BUILT = """
