@@ -803,6 +803,16 @@ def crossover_text(res: dict[str, Any]) -> str:
         elif c["status"] == "from_start":
             lines.append(head + f"mdm ahead from the first shared point ({si(c['tokens'])} "
                          "tokens)")
+        if c["status"] in ("crossed", "from_start"):
+            # a first lead is not the crossover the paper means unless mdm keeps it, and a lead
+            # inside the noise is not a lead: say both
+            stays = c.get("stays_ahead_from_epochs")
+            lines[-1] += ("; behind or level at the end" if c.get("stays_ahead_from") is None
+                          else "" if stays is None or c["status"] == "from_start"
+                          and c.get("stays_ahead_from") == c["tokens"]
+                          else f"; stays ahead from {stays:.3g} epochs")
+            if not c.get("significant"):
+                lines[-1] += f"; never ahead by more than {c.get('z', 1.96):.3g} s.e."
         elif c["status"] == "none":
             lines.append(head + f"none within the budget ({si(c['budget'])} tokens)")
         else:

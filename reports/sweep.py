@@ -144,7 +144,10 @@ def _ar_past_best(loaded: dict) -> list[dict]:
         b = best([Point(t, v) for t, v in val], higher_is_better=False)
         past = [e for e in c["evals"] if e["tokens"] >= b["tokens"]
                 and "val_loss" in (e.get("metrics") or {})]
-        scores = sorted({k for e in past for k in e["metrics"] if k != "val_loss"})
+        # skipped metrics (value null: e.g. an infill prompt for an ar model without FIM) have
+        # nothing to show here
+        scores = sorted({k for e in past for k, v in e["metrics"].items()
+                         if k != "val_loss" and (v or {}).get("value") is not None})
         rows = [{"epochs": e["tokens"] / et, "val": e["metrics"]["val_loss"]["value"],
                  "scores": [_fmt((e["metrics"].get(k) or {}).get("value"), k) for k in scores]}
                 for e in past]
@@ -158,7 +161,7 @@ def _ar_past_best(loaded: dict) -> list[dict]:
             dv = last["metrics"]["val_loss"]["value"] - first["metrics"]["val_loss"]["value"]
             for k in scores:
                 a, z = first["metrics"].get(k), last["metrics"].get(k)
-                if a and z:
+                if a and z and a.get("value") is not None and z.get("value") is not None:
                     facts.append(f"{k}: {_fmt(a['value'], k)} at the best epoch, "
                                  f"{_fmt(z['value'], k)} at the last "
                                  f"({'+' if z['value'] >= a['value'] else ''}"

@@ -4,6 +4,7 @@ dry-run and emitted commands, crossover detection on curves with a known answer,
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import os
 import signal
@@ -180,7 +181,7 @@ def test_dry_run_prints_cells_flops_and_time_and_writes_nothing(tmp_path, toy):
     assert not out.exists()
     lines = r.stdout.splitlines()
     cells = [ln for ln in lines if ln.startswith(("tiny-", "mid-", "small-"))]
-    assert len(cells) == 15
+    assert len(cells) == 16  # 10 on the U axis, 4 on the size axis, 2 AR ablations
     row = next(ln for ln in cells if ln.startswith("tiny-U1M-ar-s0"))
     assert " 200 " in row and "16.9M" in row and "e+16" in row  # epochs, params, FLOPs
     assert any(ln.startswith("total:") for ln in lines)
@@ -484,3 +485,21 @@ def test_mid_preset_sits_between_tiny_and_small():
     assert 49e6 < mid.num_params() < 51e6
     assert PRESETS["tiny"].num_params() < mid.num_params() < PRESETS["small"].num_params()
     assert mid.head_dim == 64 and PRESET_TRAIN_DEFAULTS["mid"] == {"lr": 8e-4, "batch_size": 128}
+
+
+def test_published_infill_sweep_summary_and_report(tmp_path):
+    """The committed infill-u5m sweep (issue 15's GPU run) summarizes and renders from its JSON
+    alone: skipped metrics (plain ar has no infill prompt) stay out of the charts, and a first
+    lead that mdm loses again is reported as such, not as a crossover."""
+    src = REPO / "reports" / "reference" / "infill-u5m"
+    shutil.copytree(src, tmp_path / "s")
+    r = _cli("sweep", "--out", str(tmp_path / "s"), "--stage", "summarize")
+    assert r.returncode == 0, r.stderr
+    he = next(ln for ln in r.stdout.splitlines()
+              if ln.startswith("tiny U=5M s0 ar vs mdm, humaneval-infill-single:prefix"))
+    assert "behind or level at the end" in he and "never ahead by more than 1.96 s.e." in he
+    assert "ar vs mdm, val_loss: mdm ahead" in r.stdout and "stays ahead from" in r.stdout
+    r = _cli("report", "--sweep", str(tmp_path / "s"), "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "humaneval-infill-single:infill" in html and "None" not in html
