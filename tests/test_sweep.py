@@ -4,9 +4,9 @@ dry-run and emitted commands, crossover detection on curves with a known answer,
 from __future__ import annotations
 
 import json
-import shutil
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
