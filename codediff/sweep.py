@@ -309,14 +309,15 @@ def plan_cells(spec: Spec, vocab_size: int | None, throughput: dict[str, float],
         seconds = cell.total_tokens * fpt / flop_rate
         # evaluation, forward passes only (a third of a training step's FLOPs per token):
         # validation tokens (x masking draws for mdm) and code choice (rows x 4 options x
-        # draws x ~200 tokens); generation is not estimated
+        # draws x ~200 tokens); task entries at their measured cost (TASK_SECONDS_PER_100)
         ev = spec.eval
         fwd = train.val_tokens * (train.mdm_val_samples if cell.objective == "mdm" else 1)
         if ev.codechoice:
             rows = ev.codechoice.limit or 409
             fwd += rows * 4 * 200 * (ev.codechoice.mc_samples if cell.objective == "mdm" else 1)
         ckpts = train.checkpoint_points
-        eval_seconds = ckpts * (fwd * fpt / 3 / flop_rate + 2.0)
+        eval_seconds = ckpts * (fwd * fpt / 3 / flop_rate + 2.0
+                                + _task_seconds(ev.tasks, ev.task_limit, cell))
         status = "new"
         if out is not None and (cell_dir(out, cell.id) / "cell.json").exists():
             st = cell_state(out, cell.id, ev.metrics)
@@ -327,6 +328,31 @@ def plan_cells(spec: Spec, vocab_size: int | None, throughput: dict[str, float],
                               note if rate else "no measurement: 100K tok/s assumed", rate,
                               status))
     return plans
+
+
+# Seconds per task entry per checkpoint per 100 problems: greedy single-line infilling of a
+# `tiny` model on an H200, generation and sandboxed judging together, mean of 38 entries
+# (docs/benchmarks.md, "Infilling crossover at U = 5M": 0.8-2.8 s for HumanEval, 1.6-12.7 s for
+# MBPP, whose slow fills wait out a time limit). Larger models generate more slowly: a floor.
+TASK_SECONDS_PER_100 = 4.1
+
+
+def _task_seconds(tasks: list[str], limit: int | None, cell: Cell) -> float:
+    from codediff.harness.tasks import load_task
+    from codediff.sweep_eval import _cannot_infill, split_task
+
+    total = 0.0
+    for entry in tasks:
+        if _cannot_infill(entry, {"objective": cell.objective, **cell.overrides}):
+            continue
+        n = limit
+        if n is None:
+            try:
+                n = len(load_task(split_task(entry)[0]).problems)
+            except Exception:  # noqa: BLE001 - an estimate: a task that cannot load counts 500
+                n = 500
+        total += TASK_SECONDS_PER_100 * n / 100
+    return total
 
 
 def _hours(s: float) -> str:
@@ -360,7 +386,8 @@ def dry_run_text(spec: Spec, plans: list[CellPlan], gpus: int, parallel: int) ->
     left = sum(p.seconds + p.eval_seconds for p in todo)
     lines.append("-" * len(head))
     lines.append(f"total: {tot_f:.3g} FLOPs; GPU time {_hours(tot_s)} training + "
-                 f"{_hours(tot_e)} evaluation (not counting generation for tasks); "
+                 f"{_hours(tot_e)} evaluation (tasks at {TASK_SECONDS_PER_100} s per 100 problems, "
+                 "measured for `tiny`); "
                  f"left to do: {_hours(left)} on 1 GPU, about {_hours(left / max(1, gpus))} "
                  f"of wall time on {max(1, gpus)}")
     lines.append("rates (tokens/s of one run alone on one GPU, at the preset's own shape):")
