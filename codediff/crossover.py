@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codediff.formats import read_json_or_none
+
 Z95 = 1.959964  # two-sided 95% normal quantile
 LOWER_IS_BETTER = ("val_loss",)
 
@@ -204,14 +206,6 @@ def trend(levels: list[tuple[float, dict[str, Any]]], expect: str) -> dict[str, 
 
 # ----------------------------------------------------------------------------- a sweep dir
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
     try:
@@ -235,19 +229,19 @@ def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     validation, denser than the checkpoints), the other metrics from the per-checkpoint eval
     files. Reads files only; a cell not started yet has empty curves."""
     d = Path(sweep_dir)
-    manifest = _read_json(d / "sweep.json") or {}
+    manifest = read_json_or_none(d / "sweep.json") or {}
     cells = []
     for cid in manifest.get("cells", []):
         cdir = d / "cells" / cid
-        cell = _read_json(cdir / "cell.json") or {"id": cid}
-        run = _read_json(cdir / "run" / "run.json") or {}
+        cell = read_json_or_none(cdir / "cell.json") or {"id": cid}
+        run = read_json_or_none(cdir / "run" / "run.json") or {}
         curves: dict[str, list[Point]] = {}
         metrics_rows = _read_jsonl(cdir / "run" / "metrics.jsonl")
         val = [Point(r["tokens"], r["val_loss"]) for r in metrics_rows
                if "val_loss" in r and "tokens" in r]
         evals = []
         for f in sorted((cdir / "eval").glob("tokens-*.json"), key=lambda p: p.name):
-            e = _read_json(f)
+            e = read_json_or_none(f)
             if e is None or not isinstance(e.get("tokens"), int | float):
                 continue
             evals.append(e)

@@ -9,7 +9,6 @@ consumed, and every rank of a multi-GPU run can compute its share without talkin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from codediff.errors import UserError
-from codediff.formats import schema_major
+from codediff.formats import file_sha256, schema_major
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
@@ -43,14 +42,6 @@ class Corpus:
     @property
     def unique_tokens(self) -> int:
         return int(self.train.shape[0])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _open_tokens(path: Path, dtype: np.dtype, expected: int | None, what: str) -> np.ndarray:
@@ -101,7 +92,7 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
                          train_info.get("tokens", manifest.get("unique_tokens")), "train")
     val = _open_tokens(path / val_info.get("file", "val.bin"), dtype,
                        val_info.get("tokens", manifest.get("val_tokens")), "validation")
-    return Corpus(path=path, manifest=manifest, manifest_sha256=_sha256(mpath), train=train,
+    return Corpus(path=path, manifest=manifest, manifest_sha256=file_sha256(mpath), train=train,
                   val=val, vocab_size=int(tok["vocab_size"]), eot_id=int(tok["eot_id"]),
                   mask_id=tok.get("mask_id"), pad_id=tok.get("pad_id"))
 

@@ -10,6 +10,7 @@ Torch-free: the harness and the reports import it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -412,3 +413,22 @@ class JsonlStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (corpora and task data can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_json_or_none(path: str | os.PathLike) -> dict | None:
+    """A JSON object from a file, or None when it is missing, unreadable or not an object (for
+    scanning folders a killed job may have left half-written)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None

@@ -21,7 +21,6 @@ train` resumes a run dir with the same options) and evaluates only what is missi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -46,8 +45,10 @@ from codediff.formats import (
     SWEEP_SCHEMA,
     atomic_write_json,
     atomic_write_text,
+    file_sha256,
     identity_diff,
     make_temp_dir,
+    read_json_or_none,
     schema_major,
 )
 from codediff.sweep_spec import Cell, Spec, build_cell_configs, overrides_toml, si, train_args
@@ -97,22 +98,6 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 # ----------------------------------------------------------------------------- nested corpora
 
 def nest_corpus(full: Path, u: int, dest: Path) -> dict[str, Any]:
@@ -145,7 +130,7 @@ def nest_corpus(full: Path, u: int, dest: Path) -> dict[str, Any]:
                 os.fsync(f.fileno())
         for name in ("tokenizer.json", fm["val"].get("file", "val.bin")):
             _link_or_copy(full / name, tmp / name)
-        train_sha = _sha256_file(tmp / "train.bin")
+        train_sha = file_sha256(tmp / "train.bin")
         manifest = dict(fm)
         manifest["unique_tokens"] = u
         manifest["train"] = {"file": "train.bin", "tokens": u,
@@ -159,7 +144,7 @@ def nest_corpus(full: Path, u: int, dest: Path) -> dict[str, Any]:
                                 ("train_tokens", "train_documents")} if isinstance(s, dict)
                                else s for s in fm.get("sources", [])]
         manifest["nested"] = {
-            "parent_manifest_sha256": _sha256_file(full / "manifest.json"),
+            "parent_manifest_sha256": file_sha256(full / "manifest.json"),
             "parent_unique_tokens": n_full,
             "rule": "train.bin is the parent's first U training tokens with the last set to "
                     "end-of-text; tokenizer.json and val.bin are the parent's"}
@@ -193,7 +178,7 @@ def _level_files_ok(d: Path, m: dict) -> bool:
 
 def _corpus_hashes(d: Path) -> dict[str, Any]:
     m = json.loads((d / "manifest.json").read_text())
-    return {"manifest_sha256": _sha256_file(d / "manifest.json"),
+    return {"manifest_sha256": file_sha256(d / "manifest.json"),
             "unique_tokens": m.get("unique_tokens"), "train_sha256": m["train"].get("sha256"),
             "val_sha256": m["val"].get("sha256"),
             "tokenizer_sha256": (m.get("tokenizer") or {}).get("sha256"),
@@ -233,7 +218,7 @@ def cell_state(out: Path, cell_id: str, metrics: list[str]) -> dict[str, Any]:
     step), its kept checkpoints (folders, or eval files whose checkpoints were not kept), and
     which of them have every metric."""
     d = cell_dir(out, cell_id)
-    run = _read_json(d / "run" / "run.json") or {}
+    run = read_json_or_none(d / "run" / "run.json") or {}
     last = 0
     mpath = d / "run" / "metrics.jsonl"
     if mpath.is_file():
@@ -244,7 +229,7 @@ def cell_state(out: Path, cell_id: str, metrics: list[str]) -> dict[str, Any]:
                 continue
     steps = run.get("steps")
     ckpts = {p.name for p in (d / "run" / "checkpoints").glob("tokens-*") if p.is_dir()}
-    evals = {p.stem: _read_json(p) or {} for p in (d / "eval").glob("tokens-*.json")}
+    evals = {p.stem: read_json_or_none(p) or {} for p in (d / "eval").glob("tokens-*.json")}
     names = sorted(ckpts | set(evals), key=lambda n: int(n.split("-")[1]))
     done = [n for n in names if all(k in (evals.get(n, {}).get("metrics") or {})
                                     for k in metrics)]
@@ -259,7 +244,7 @@ def _check_cell(out: Path, cell: Cell, ident: dict) -> None:
     from codediff.formats import IDENTITIES
 
     path = cell_dir(out, cell.id) / "cell.json"
-    old = _read_json(path)
+    old = read_json_or_none(path)
     if old is None:
         return
     schema_major(old, "sweep-cell", str(path), "remove that cell folder or choose another --out")
@@ -424,7 +409,7 @@ def _vocab_of_manifest(m: dict) -> int:
 def spec_vocab(spec: Spec) -> int:
     """The embedding size the cells will get before any corpus exists (for estimates)."""
     if spec.corpus.dir is not None:
-        m = _read_json(Path(spec.corpus.dir) / "manifest.json")
+        m = read_json_or_none(Path(spec.corpus.dir) / "manifest.json")
         if m and isinstance(m.get("tokenizer"), dict):
             return _vocab_of_manifest(m)
     return 64 * -(-spec.corpus.vocab_size // 64)
@@ -461,7 +446,7 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
 
     options.check_out(out, folder=True, reusable=True)
     _check_tasks(spec)
-    old = _read_json(out / "sweep.json")
+    old = read_json_or_none(out / "sweep.json")
     if old is None and out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out}: the folder is not empty and is not a sweep dir; choose a "
                         "new or empty --out")
@@ -478,7 +463,7 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
                             + "); restore the spec's [corpus] or choose another --out")
     if spec.corpus.dir is None:
         full = out / "corpora" / "full"
-        fm = _read_json(full / "manifest.json")
+        fm = read_json_or_none(full / "manifest.json")
         if fm is None or not _level_files_ok(full, fm):
             if full.exists():  # its manifest alone (the token files are not kept in git)
                 shutil.rmtree(full)
@@ -507,8 +492,8 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
     levels, shas, level_recs = {}, {}, []
     for u in spec.levels:
         d = level_dir(out, u)
-        m = _read_json(d / "manifest.json")
-        want = _sha256_file(full / "manifest.json")
+        m = read_json_or_none(d / "manifest.json")
+        want = file_sha256(full / "manifest.json")
         if m is None or (m.get("nested") or {}).get("parent_manifest_sha256") != want \
                 or m.get("unique_tokens") != u or not _level_files_ok(d, m):
             nest_corpus(full, u, d)  # first run, or token files left out of git: cut anew
@@ -539,7 +524,7 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
                 raise UserError(f"eval.codechoice.file {cc_path}: no such file; build it with "
                                 "`codediff codechoice --out FILE` or leave `file` out")
             _build_codechoice(cc_path, out, progress)
-        cc_sha = _sha256_file(cc_path)
+        cc_sha = file_sha256(cc_path)
     new_eval = _eval_record(spec, cc_sha)
     if old is not None:
         old_eval = old.get("eval") or {}

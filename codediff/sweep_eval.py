@@ -29,8 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from codediff.errors import UserError
-from codediff.formats import SWEEP_EVAL_SCHEMA, atomic_write_json, identity_diff
-from codediff.sweep import _read_json, cell_dir, cell_state
+from codediff.formats import (
+    SWEEP_EVAL_SCHEMA,
+    atomic_write_json,
+    identity_diff,
+    read_json_or_none,
+)
+from codediff.sweep import cell_dir, cell_state
 from codediff.sweep_spec import Spec
 
 
@@ -56,8 +61,8 @@ def evaluate_cell(spec: Spec, out: Path, cell_id: str, *, device: str | None = N
     from codediff.checkpoints import load_checkpoint
 
     d = cell_dir(out, cell_id)
-    cell = _read_json(d / "cell.json")
-    run = _read_json(d / "run" / "run.json")
+    cell = read_json_or_none(d / "cell.json")
+    run = read_json_or_none(d / "run" / "run.json")
     if cell is None or run is None:
         raise UserError(f"cell {cell_id}: not trained yet in {out}; run the sweep's train stage "
                         "first")
@@ -83,7 +88,7 @@ def evaluate_cell(spec: Spec, out: Path, cell_id: str, *, device: str | None = N
                     "val_batch": train.get("val_batch") or run.get("micro_batch")}
     windows = corpus = None
     rows = None
-    manifest = _read_json(out / "sweep.json") or {}
+    manifest = read_json_or_none(out / "sweep.json") or {}
     sweep_eval = manifest.get("eval") or {}
     if ev.codechoice:
         from codediff.codechoice_score import read_choices
@@ -97,7 +102,7 @@ def evaluate_cell(spec: Spec, out: Path, cell_id: str, *, device: str | None = N
     for name in todo:
         ck = d / "run" / "checkpoints" / name
         path = d / "eval" / f"{name}.json"
-        rec = _read_json(path) or {}
+        rec = read_json_or_none(path) or {}
         model, tok, meta = load_checkpoint(ck, device=device)
         model.eval()
         rec.update({"schema": SWEEP_EVAL_SCHEMA, "cell": cell_id, "checkpoint": name,

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from codediff.errors import UserError
+from codediff.formats import file_sha256  # noqa: F401 - re-exported: harness.evaluate, tests
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "tasks"
 DATA_ENV = "CODEDIFF_DATA"
@@ -549,13 +550,6 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise UserError(f"{path}: empty task data file")
     return rows
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sha_rows(rows: list[dict]) -> str:
