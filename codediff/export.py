@@ -34,7 +34,7 @@ def export_llada(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
     from codediff.backends import resolve_checkpoint
     from codediff.checkpoints import read_checkpoint_config
     from codediff.errors import UserError
-    from codediff.formats import make_temp_dir
+    from codediff.formats import building_dir
 
     src = resolve_checkpoint(checkpoint)
     cfg, meta = read_checkpoint_config(src)
@@ -44,8 +44,7 @@ def export_llada(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
     final = Path(out)
     if final.exists() and any(final.iterdir()) and not overwrite:
         raise UserError(f"{final} exists and is not empty; pass --overwrite or another folder")
-    tmp = make_temp_dir(final)  # the folder gets the umask's mode, not mkdtemp's 0700
-    try:
+    with building_dir(final) as tmp:  # the folder gets the umask's mode, not mkdtemp's 0700
         config = cfg.to_dict()
         config.pop("dropout", None)
         # resolve derived sizes (None in our config means "derive from d_model / n_head")
@@ -70,12 +69,6 @@ def export_llada(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
         shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
         (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(src, meta),
                                                               indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

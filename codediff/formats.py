@@ -10,12 +10,14 @@ Torch-free: the harness and the reports import it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,23 @@ def make_temp_dir(final: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     os.chmod(tmp, dir_mode())
     return tmp
+
+
+@contextlib.contextmanager
+def building_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """A new folder beside `final` to fill; when the block ends without error it replaces
+    `final` (an old one is removed first), otherwise it is deleted: readers never see a
+    half-written folder under the final name."""
+    final = Path(final)
+    tmp = make_temp_dir(final)
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

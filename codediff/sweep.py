@@ -45,9 +45,9 @@ from codediff.formats import (
     SWEEP_SCHEMA,
     atomic_write_json,
     atomic_write_text,
+    building_dir,
     file_sha256,
     identity_diff,
-    make_temp_dir,
     read_json_or_none,
     schema_major,
 )
@@ -116,8 +116,7 @@ def nest_corpus(full: Path, u: int, dest: Path) -> dict[str, Any]:
     dtype = np.dtype(fm.get("dtype", "uint16")).newbyteorder("<")
     eot = int(fm["tokenizer"]["eot_id"])
     src = np.memmap(full / fm["train"].get("file", "train.bin"), dtype=dtype, mode="r")
-    tmp = make_temp_dir(dest)
-    try:
+    with building_dir(dest) as tmp:
         if u == n_full:
             _link_or_copy(full / fm["train"].get("file", "train.bin"), tmp / "train.bin")
             train = src
@@ -149,12 +148,6 @@ def nest_corpus(full: Path, u: int, dest: Path) -> dict[str, Any]:
             "rule": "train.bin is the parent's first U training tokens with the last set to "
                     "end-of-text; tokenizer.json and val.bin are the parent's"}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
