@@ -276,6 +276,14 @@ class GenerateConfig:
     step_schedule: str = option("even", choices=DLM_SCHEDULES, kind="dlm", help="fixed-schedule "
                                 "samplers: commits per step, even (LLaDA) or dream (Dream's "
                                 "n_mask*(1-s/t) over linspace(1, eps))", group="dlm")
+    reference_rng: bool = option(False, kind="dlm", help="--sampler random / origin at "
+                                 "--temperature 0 with -n 1: seed each sample's generator "
+                                 "with --seed itself and draw its random numbers as the "
+                                 "reference code does (LLaDA generate: torch.rand over the "
+                                 "whole sequence each step; Dream diffusion_generate: over its "
+                                 "masked positions), so a sample equals the reference run on "
+                                 "that prompt alone after torch.manual_seed(seed)",
+                                 group="dlm")
     gen_length: int = option(256, min=1, kind="dlm", help="answer length in tokens", group="dlm")
     block_length: int = option(32, min=1, kind="dlm", help="semi-autoregressive block length "
                                "(= gen-length: one block)", group="dlm")

@@ -130,6 +130,15 @@ def _job_seed(seed: int, task_id: str, completion_id: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
+def _sample_seed(cfg: GenerateConfig, job: Job) -> int:
+    """A sample's generator seed: from (seed, task_id, completion_id), so a sample depends on
+    nothing else; with --reference-rng --seed itself, as torch.manual_seed(seed) before the
+    reference call seeds its global generator."""
+    if cfg.reference_rng:  # a DLM option (refused for AR models)
+        return cfg.seed
+    return _job_seed(cfg.seed, job.task_id, job.completion_id)
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -140,7 +149,7 @@ def validate(cfg: GenerateConfig) -> None:
     """Reject bad options before anything is loaded or written (the bounds and choices of
     each option live in codediff.config.GenerateConfig)."""
     from codediff import options
-    from codediff.sampling import SAMPLERS
+    from codediff.sampling import RANDOM_SAMPLERS, SAMPLERS, STEP_RULES
 
     options.check(cfg)
     if cfg.gen_length % cfg.block_length:
@@ -148,7 +157,8 @@ def validate(cfg: GenerateConfig) -> None:
                         f"--block-length {cfg.block_length}")
     blocks = cfg.gen_length // cfg.block_length
     steps = cfg.gen_length if cfg.steps is None else cfg.steps
-    if SAMPLERS[cfg.sampler][1] == "schedule" and (steps < blocks or steps % blocks):
+    fixed_steps = SAMPLERS[cfg.sampler][1] in STEP_RULES
+    if fixed_steps and (steps < blocks or steps % blocks):
         raise UserError(f"--steps {steps} must be a positive multiple of the number of blocks "
                         f"({blocks} = gen-length / block-length)")
     # a sampler's own knob given with another sampler would be silently ignored
@@ -160,12 +170,29 @@ def validate(cfg: GenerateConfig) -> None:
     if "factor_rule" in cfg.explicit and cfg.sampler != "factor":
         raise UserError(f"--factor-rule applies to --sampler factor only (this run uses "
                         f"--sampler {cfg.sampler}); drop --factor-rule")
+    if "step_schedule" in cfg.explicit and cfg.sampler == "origin":
+        raise UserError("--step-schedule does not apply to --sampler origin (it commits each "
+                        "mask with probability 1 - s/t over Dream's timesteps): drop "
+                        "--step-schedule")
     if "step_schedule" in cfg.explicit and SAMPLERS[cfg.sampler][1] != "schedule":
         raise UserError(f"--step-schedule applies to the fixed-schedule samplers only; --sampler "
                         f"{cfg.sampler} decides its own steps: drop --step-schedule")
-    if "steps" in cfg.explicit and SAMPLERS[cfg.sampler][1] != "schedule":
+    if "steps" in cfg.explicit and not fixed_steps:
         raise UserError(f"--steps applies to the fixed-schedule samplers only; --sampler "
                         f"{cfg.sampler} decides its own steps: drop --steps")
+    if cfg.reference_rng:
+        if cfg.sampler not in RANDOM_SAMPLERS:
+            raise UserError(f"--reference-rng applies to --sampler {' / '.join(RANDOM_SAMPLERS)} "
+                            f"only (--sampler {cfg.sampler} draws no random numbers at "
+                            f"--temperature 0): drop --reference-rng")
+        if cfg.temperature != 0:
+            raise UserError("--reference-rng reproduces the references' random numbers at "
+                            "--temperature 0 only (their sampling noise is drawn otherwise): "
+                            "use --temperature 0 or drop --reference-rng")
+        if cfg.n > 1:
+            raise UserError(f"--reference-rng seeds every sample with --seed itself, so -n "
+                            f"{cfg.n} would repeat one sample: use -n 1 (and other --seed "
+                            f"values for more samples) or drop --reference-rng")
     options.check_out(cfg.out, folder=False, overwrite=cfg.overwrite, reusable=True)
     options.check_device(cfg.device)
 
@@ -207,6 +234,8 @@ def settings_of(cfg: GenerateConfig, mode: str) -> dict[str, Any]:
             s["step_schedule"] = cfg.step_schedule
         if cfg.sampler == "entropy_bounded":
             s["gamma"] = cfg.gamma
+        if cfg.reference_rng:  # absent by default: older runs resume as before
+            s["reference_rng"] = True
     recipe = _recipe_task(cfg)
     if recipe is not None:  # only then: fingerprints of runs without a recipe stay as they were
         s["recipe"] = cfg.recipe
@@ -552,8 +581,8 @@ def _prompt_budget(cfg: GenerateConfig, backend: Any, mode: str) -> int | None:
 def _run_batch(cfg: GenerateConfig, backend: Backend, batch: list[Job],
                prompts: list[list[int]], stops: list[str], mode: str,
                suffixes: list[list[int]] | None = None) -> list[Sample]:
-    gens = [torch.Generator(device=backend.device).manual_seed(
-        _job_seed(cfg.seed, j.task_id, j.completion_id)) for j in batch]
+    gens = [torch.Generator(device=backend.device).manual_seed(_sample_seed(cfg, j))
+            for j in batch]
     if backend.samples_itself:
         return _run_vllm(cfg, backend, batch, stops)
     if mode == "ar":
@@ -593,7 +622,7 @@ def _dlm_settings(cfg: GenerateConfig) -> DLMSettings:
                        temperature=cfg.temperature, rule=rule, cache=cfg.cache,
                        logits_eos_inf=cfg.logits_eos_inf,
                        confidence_eos_inf=cfg.confidence_eos_inf, early_stop=cfg.early_stop,
-                       cuda_graphs=cfg.cuda_graphs)
+                       cuda_graphs=cfg.cuda_graphs, reference_rng=cfg.reference_rng)
 
 
 def _graphs_used(cfg: GenerateConfig, backend: Backend, mode: str) -> bool:
@@ -650,7 +679,9 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
         # how, not what: outside the fingerprint; whether the steps ran as CUDA graphs
         "cuda_graphs": _graphs_used(cfg, backend, ident["settings"]["mode"]),
         "seed": cfg.seed,
-        "seeding": "per sample: sha256(seed/task_id/completion_id)",
+        "seeding": ("per sample: seed itself, draws in the reference's shapes "
+                    "(--reference-rng)" if cfg.reference_rng
+                    else "per sample: sha256(seed/task_id/completion_id)"),
         "n": cfg.n,
         "problems": len(ident["problems"]),
         "samples": len(ordered),

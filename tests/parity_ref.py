@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 VOCAB = 96
 EOS, MASK, PAD = 0, 1, 2
 PROMPTS = [[5, 17, 42, 8, 33, 60, 21], [9, 70, 12]]
+# seeds of the runs that draw random numbers (LLaDA `random`, Dream `origin`): the reference after
+# torch.manual_seed(seed), codediff with --reference-rng (its generator seeded with the seed)
+SEEDS = [11, 29]
+ORIGIN_STEPS = (16, 8, 5)
 
 
 def ref_dir() -> Path | None:
@@ -161,9 +165,10 @@ def build_dream(folder: Path) -> Path:
 
 # ----------------------------------------------------------------------------- parity runs
 
-def _ours(backend, prompt: list[int], **kw) -> list[int]:
+def _ours_batch(backend, prompts: list[list[int]], seeds: list[int], **kw) -> list[list[int]]:
     """codediff's answer ids (greedy, no token healing, no early stop: the references have
-    neither), through the same path as `codediff generate`."""
+    neither), through the same path as `codediff generate`; row b's generator seeded with
+    seeds[b] (as `--reference-rng` seeds it with --seed)."""
     import torch
 
     from codediff.sampling.dlm import DLMSettings, generate_dlm
@@ -172,8 +177,22 @@ def _ours(backend, prompt: list[int], **kw) -> list[int]:
     rule_kw = {k: kw.pop(k) for k in ("tau", "factor", "factor_rule") if k in kw}
     rule = CommitRule(kw.pop("sampler"), **rule_kw)
     settings = DLMSettings(rule=rule, early_stop=False, temperature=0.0, **kw)
-    gens = [torch.Generator().manual_seed(0)]
-    return generate_dlm(backend, [prompt], settings, (), gens, heal=False)[0].ids
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    return [o.ids for o in generate_dlm(backend, prompts, settings, (), gens, heal=False)]
+
+
+def _ours(backend, prompt: list[int], seed: int = 0, **kw) -> list[int]:
+    return _ours_batch(backend, [prompt], [seed], **kw)[0]
+
+
+def _seeded(seed: int, fn):
+    """fn() after torch.manual_seed(seed): the references draw from the global generator."""
+    import torch
+
+    def run():
+        torch.manual_seed(seed)
+        return fn()
+    return run
 
 
 def _upto_eos(ids: list[int]) -> list[int]:
@@ -213,6 +232,7 @@ def run_llada(folder: Path) -> dict:
     for p_i, prompt in enumerate(PROMPTS):
         x = torch.tensor([prompt])
         P = len(prompt)
+        seed = SEEDS[p_i]
         cases = {
             # ML-GSAI LLaDA generate: low_confidence, semi-AR blocks, steps = gen and fewer
             "llada_lowconf_steps_eq_gen": (
@@ -223,6 +243,27 @@ def run_llada(folder: Path) -> dict:
                 lambda x=x: llada.generate(model, x, steps=6, gen_length=16, block_length=8,
                                        mask_id=MASK),
                 dict(sampler="low_confidence", gen_length=16, block_length=8, steps=6)),
+            # ML-GSAI LLaDA generate, remasking='random': torch.rand over the whole sequence at
+            # every step, reproduced by --reference-rng
+            "llada_random_steps_eq_gen": (
+                _seeded(seed, lambda x=x: llada.generate(
+                    model, x, steps=16, gen_length=16, block_length=8, mask_id=MASK,
+                    remasking="random")),
+                dict(sampler="random", gen_length=16, block_length=8, steps=16,
+                     reference_rng=True, seed=seed)),
+            "llada_random_fewer_steps_uneven": (
+                _seeded(seed, lambda x=x: llada.generate(
+                    model, x, steps=6, gen_length=16, block_length=8, mask_id=MASK,
+                    remasking="random")),
+                dict(sampler="random", gen_length=16, block_length=8, steps=6,
+                     reference_rng=True, seed=seed)),
+            # more steps than masks: the last steps of a block commit nothing but still draw
+            "llada_random_more_steps": (
+                _seeded(seed, lambda x=x: llada.generate(
+                    model, x, steps=24, gen_length=16, block_length=8, mask_id=MASK,
+                    remasking="random")),
+                dict(sampler="random", gen_length=16, block_length=8, steps=24,
+                     reference_rng=True, seed=seed)),
         }
         for cache, fn in (("none", fast.generate), ("prefix", fast.generate_with_prefix_cache),
                           ("dual", fast.generate_with_dual_cache)):
@@ -254,18 +295,37 @@ def run_dream(folder: Path) -> dict:
     model = backend.model
     ours_of = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy"}
     out: dict = {"pads": backend.pads, "dlm_cache": backend.dlm_cache}
+
+    def ref_run(prompt: list[int], alg: str, steps: int) -> list[int]:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "used steps"
+            seq = model.diffusion_generate(
+                torch.tensor([prompt]), generation_config=model.generation_config,
+                max_new_tokens=16, steps=steps, alg=alg, temperature=0.0, eps=1e-3)
+        return _upto_eos(seq[0, len(prompt):].tolist())
+
     for p_i, prompt in enumerate(PROMPTS):
-        x = torch.tensor([prompt])
         for alg, sampler in ours_of.items():
             for steps in (16, 8, 5):
-                with contextlib.redirect_stdout(io.StringIO()):  # it prints "used steps"
-                    seq = model.diffusion_generate(
-                        x, generation_config=model.generation_config, max_new_tokens=16,
-                        steps=steps, alg=alg, temperature=0.0, eps=1e-3)
-                ref = _upto_eos(seq[0, len(prompt):].tolist())
                 ours = _ours(backend, prompt, sampler=sampler, gen_length=16, block_length=16,
                              steps=steps, schedule="dream")
-                out[f"dream_{alg}_steps{steps}/p{p_i}"] = {"ref": ref, "ours": ours}
+                out[f"dream_{alg}_steps{steps}/p{p_i}"] = {
+                    "ref": ref_run(prompt, alg, steps), "ours": ours}
+    # `origin`: each mask committed with probability 1 - s/t, drawn by torch.rand over the
+    # masked positions after torch.manual_seed(seed); codediff with --reference-rng. Batched
+    # (both prompts, left-padded), each row must still equal the reference run on it alone.
+    for steps in ORIGIN_STEPS:
+        refs = []
+        for p_i, prompt in enumerate(PROMPTS):
+            torch.manual_seed(SEEDS[p_i])
+            refs.append(ref_run(prompt, "origin", steps))
+        kw = dict(sampler="origin", gen_length=16, block_length=16, steps=steps,
+                  reference_rng=True)
+        batch = _ours_batch(backend, PROMPTS, SEEDS, **kw)
+        for p_i, prompt in enumerate(PROMPTS):
+            ours = _ours(backend, prompt, seed=SEEDS[p_i], **kw)
+            out[f"dream_origin_steps{steps}/p{p_i}"] = {"ref": refs[p_i], "ours": ours}
+            out[f"dream_origin_batched_steps{steps}/p{p_i}"] = {"ref": refs[p_i],
+                                                                "ours": batch[p_i]}
     return out
 
 

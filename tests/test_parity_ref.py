@@ -5,8 +5,10 @@ loaded through codediff's Hugging Face backend with `trust_remote_code`, and dec
 codediff and by the reference functions on the same prompt ids: LLaDA's `generate` (ML-GSAI),
 Fast-dLLM's `generate` / `generate_with_prefix_cache` / `generate_with_dual_cache` (threshold
 and factor), Dream's `diffusion_generate`. Token healing and early stop (codediff's own, no
-counterpart in the references) are off. AR: tiny Llama / Qwen2 from transformers configs,
-greedy = `model.generate`.
+counterpart in the references) are off. The samplers that draw random numbers at temperature 0
+(LLaDA `random` remasking, Dream `origin`) run with `reference_rng` against the reference after
+`torch.manual_seed(seed)`. AR: tiny Llama / Qwen2 from transformers configs, greedy =
+`model.generate`.
 
 The reference code is read in place (`CODEDIFF_REF`, else ../shared/ref beside the checkout).
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.parity_ref import PROMPTS, ref_dir
+from tests.parity_ref import ORIGIN_STEPS, PROMPTS, ref_dir
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(
@@ -30,11 +32,16 @@ pytestmark = pytest.mark.skipif(
 
 LLADA_CASES = [
     "llada_lowconf_steps_eq_gen", "llada_lowconf_fewer_steps_uneven",
+    # remasking='random' with --reference-rng: semi-AR blocks of 8, 16 / 6 / 24 steps (24: the
+    # last steps of a block commit nothing but the reference still draws at them)
+    "llada_random_steps_eq_gen", "llada_random_fewer_steps_uneven", "llada_random_more_steps",
     "fastdllm_threshold_none", "fastdllm_threshold_prefix", "fastdllm_threshold_dual",
     "fastdllm_factor_none", "fastdllm_factor_prefix", "fastdllm_factor_dual",
 ]
 DREAM_CASES = [f"dream_{alg}_steps{s}" for alg in ("maskgit_plus", "topk_margin", "entropy")
                for s in (16, 8, 5)]
+# alg='origin' with --reference-rng, alone and in a left-padded batch of both prompts
+DREAM_CASES += [f"dream_origin{b}_steps{s}" for b in ("", "_batched") for s in ORIGIN_STEPS]
 
 
 def _python(*args: str, timeout: int = 300) -> str:

@@ -174,3 +174,125 @@ def test_sample_next_greedy_and_seeded():
     assert torch.equal(a, b)
     top5 = logits.topk(5, dim=-1).indices
     assert (top5 == a.unsqueeze(-1)).any(-1).all()
+
+
+# ----------------------------------------------------------------------------- Dream origin and
+# the reference random stream (--reference-rng; token parity: tests/test_parity_ref.py)
+
+def test_origin_probabilities_are_dreams_float32_ratios():
+    for steps in (1, 5, 16):
+        p = S.origin_probabilities(steps, 1e-3)
+        assert p.dtype == torch.float32 and p.shape == (steps,) and p[-1].item() == 1.0
+        t = torch.linspace(1, 1e-3, steps + 1)
+        for i in range(steps - 1):  # Dream divides 0-dim float32 tensors, step by step
+            assert p[i].item() == (1 - t[i + 1] / t[i]).item()
+
+
+def test_select_origin_commits_candidates_below_the_probability():
+    u = torch.tensor([[0.1, 0.6, 0.3, 0.9]], dtype=torch.float64)
+    cand = torch.tensor([[True, True, False, True]])
+    assert S.select_origin(u, cand, torch.tensor([0.5])).tolist() == [[True, False, False, False]]
+    assert S.select_origin(u, cand, torch.tensor([0.0])).sum() == 0  # may commit none
+    assert S.select_origin(u, cand, torch.tensor([1.0])).tolist() == cand.tolist()
+    rule = S.CommitRule("origin")
+    assert rule.fixed_steps and not rule.fixed_schedule and rule.score == "random"
+    with pytest.raises(ValueError, match="probability"):
+        S.select(rule, u, None, cand)
+
+
+def test_uniform_over_sequence_is_torch_rand_over_the_row_alone():
+    # row 1 sits behind 2 pads; each row reads its block from its own whole-sequence draw
+    out = S.uniform_over_sequence([7, 5], [0, 2], 4, 7, _gens(2, 3), torch.device("cpu"))
+    assert out.dtype == torch.float64
+    for b, (n, off) in enumerate([(7, 0), (5, 2)]):
+        torch.manual_seed(3 + b)  # the reference: the global generator, seeded
+        assert torch.equal(out[b], torch.rand((1, n))[0, 4 - off:7 - off].double())
+
+
+def test_uniform_over_masked_draws_one_number_per_mask_in_order():
+    M = 1
+    x = torch.tensor([[5, 6, M, 7, M, M, M],    # masks at 2 (before the block) and 4, 5, 6
+                      [0, 0, 5, 6, 8, 9, 4]])   # 2 pads, no mask: draws nothing
+    g = _gens(2, 7)
+    out = S.uniform_over_masked(x == M, [7, 5], [0, 2], 4, 7, g)
+    torch.manual_seed(7)
+    want = torch.rand(4)  # Dream: torch.rand over the masked positions
+    assert torch.equal(out[0], want[1:].double())
+    assert out[1].tolist() == [1.0, 1.0, 1.0]
+    assert torch.equal(torch.rand(3, generator=g[1]), torch.rand(3, generator=_gens(1, 8)[0]))
+
+
+def test_reference_rng_needs_a_random_score_at_temperature_zero():
+    from codediff.sampling.dlm import DLMSettings
+
+    DLMSettings(rule=S.CommitRule("random"), reference_rng=True)
+    DLMSettings(rule=S.CommitRule("origin"), reference_rng=True, gen_length=32, block_length=32)
+    with pytest.raises(ValueError, match="temperature 0"):
+        DLMSettings(rule=S.CommitRule("low_confidence"), reference_rng=True)
+    with pytest.raises(ValueError, match="temperature 0"):
+        DLMSettings(rule=S.CommitRule("random"), reference_rng=True, temperature=0.5)
+    with pytest.raises(ValueError, match="multiple of the number of blocks"):
+        DLMSettings(rule=S.CommitRule("origin"), gen_length=16, block_length=4, steps=6)
+
+
+class _TableModel:
+    """A stand-in DLM: logits at a position depend on its token and its real position only, so
+    a left-padded row computes what it computes alone."""
+
+    name, device, eos_ids, pad_id, mask_id = "table", torch.device("cpu"), [], 0, 1
+    flops, slices_head, dlm_cache, graphable = None, False, False, False
+
+    class tokenizer:  # noqa: N801 - the attribute the Protocol names
+        @staticmethod
+        def decode(ids: list[int]) -> str:
+            return " ".join(map(str, ids))
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.tok = torch.randn(20, 20, generator=g)
+        self.pos = torch.randn(64, 20, generator=g)
+
+    def forward(self, idx: torch.Tensor, *, attention_mask=None, position_ids=None,
+                logits_range=None, **_) -> torch.Tensor:
+        pos = position_ids if position_ids is not None else torch.arange(idx.shape[1])
+        out = self.tok[idx] + self.pos[pos.expand_as(idx)]
+        return out[:, logits_range[0]:logits_range[1]] if logits_range else out
+
+
+@pytest.mark.parametrize("reference_rng", [False, True])
+def test_origin_rows_in_a_batch_equal_rows_alone(reference_rng):
+    """Blocks of 2 over 4 steps: rows often fill a block before its last step, and the step loop
+    then runs on for the others. A row's draws must not depend on that."""
+    from codediff.sampling.dlm import DLMSettings, generate_dlm
+
+    model = _TableModel()
+    prompts = [[5, 6, 7, 8, 9], [4, 3], [11, 12, 13]]
+    seeds = [21, 22, 23]
+    s = DLMSettings(gen_length=16, block_length=2, steps=32, rule=S.CommitRule("origin"),
+                    early_stop=False, reference_rng=reference_rng)
+    batched = generate_dlm(model, prompts, s, (), [torch.Generator().manual_seed(x)
+                                                     for x in seeds])
+    early = 0
+    for p, seed, b in zip(prompts, seeds, batched, strict=True):
+        alone = generate_dlm(model, [p], s, (), [torch.Generator().manual_seed(seed)])[0]
+        assert alone.ids == b.ids and alone.nfe == b.nfe
+        assert 1 not in b.ids and len(b.ids) == 16
+        early += 32 - alone.nfe  # steps skipped because the block was already full
+    assert early > 0
+
+
+def test_reference_rng_refusals_are_one_line(tmp_path, capsys):
+    from codediff.cli import main
+
+    base = ["generate", "--model", str(tmp_path / "m"), "--task", "humaneval", "--out",
+            str(tmp_path / "s.jsonl"), "--no-progress", "--gen-length", "16", "--block-length",
+            "16"]
+    for extra, says in ((["--sampler", "low_confidence"], "applies to --sampler random / origin"),
+                        (["--sampler", "origin", "--temperature", "0.5"], "--temperature 0"),
+                        (["--sampler", "random", "-n", "2"], "-n 1"),
+                        (["--sampler", "origin", "--step-schedule", "dream"], "origin")):
+        flag = ["--reference-rng"] if "--step-schedule" not in extra else []
+        assert main([*base, *extra, *flag]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("codediff: error:") and err.count("\n") == 1 and says in err, err
+    assert not list(tmp_path.glob("s.*"))

@@ -53,7 +53,7 @@ def test_every_cache_mode_has_a_plan_and_the_names_stay_torch_free():
             "print(len(s.SAMPLERS), len(s.CACHES))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split() == ["7", "3"]
+    assert out.stdout.split() == ["8", "3"]
 
 
 CONFIGS = [  # (settings, do its steps repeat?)

@@ -18,7 +18,13 @@ SAMPLERS: dict[str, tuple[str, str]] = {
     "threshold": ("prob", "threshold"),
     "factor": ("prob", "factor"),
     "entropy_bounded": ("prob", "entropy_bounded"),
+    "origin": ("random", "origin"),
 }
+
+# Commit rules whose number of denoising steps is fixed in advance (they take `--steps`):
+# `schedule` commits a fixed count per step; `origin` (Dream's default `alg`) commits each masked
+# position with probability 1 - s/t over Dream's timesteps, and all that are left at the last step.
+STEP_RULES: tuple[str, ...] = ("schedule", "origin")
 
 # The threshold sampler's confidence bar unless one is given (Fast-dLLM's setting).
 DEFAULT_TAU = 0.9
@@ -33,6 +39,11 @@ DREAM_EPS = 1e-3  # Dream's default eps (generation_config.eps)
 # `fastdllm` is Fast-dLLM's code, which also commits the last candidate whenever the first one
 # below its bar is the last one (so a block's last two masks always go together).
 FACTOR_RULES: tuple[str, ...] = ("stated", "fastdllm")
+
+# The samplers that draw random numbers at temperature 0 (their score is a uniform number):
+# `--reference-rng` can reproduce the reference code's random stream for these.
+RANDOM_SAMPLERS: tuple[str, ...] = tuple(n for n, (score, _) in SAMPLERS.items()
+                                         if score == "random")
 
 # KV cache modes of DLM decoding: none, prefix (Fast-dLLM) or dual (prefix + suffix).
 CACHES: tuple[str, ...] = ("none", "prefix", "dual")

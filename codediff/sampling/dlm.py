@@ -3,8 +3,9 @@
 The answer region (`gen_length` masks after the prompt; for infilling, between the prompt and
 a fixed suffix) is split into blocks of `block_length` decoded left to right. Within a block, each step runs the model, proposes a token for every
 masked position (`rules.propose`) and commits some of them (`rules.select`): a fixed count
-per step for the schedule samplers (`steps` spread evenly over the blocks), or as many as a
-threshold / factor / entropy budget allows. Positions after the block are never committed early.
+per step for the schedule samplers (`steps` spread evenly over the blocks), each mask with a
+probability per step for Dream's `origin`, or as many as a threshold / factor / entropy budget
+allows. Positions after the block are never committed early.
 
 Caching (Fast-dLLM): none, prefix or dual, each a step plan in caches.py (what a step runs).
 For a bidirectional model both caches are approximations (cached keys are from the block start);
@@ -43,7 +44,15 @@ from codediff.sampling.common import (
     share_rest,
 )
 from codediff.sampling.graphs import LaunchAhead, StepGraphs
-from codediff.sampling.rules import CommitRule, propose, select, transfer_schedule
+from codediff.sampling.rules import (
+    CommitRule,
+    origin_probabilities,
+    propose,
+    select,
+    transfer_schedule,
+    uniform_over_masked,
+    uniform_over_sequence,
+)
 
 SUPPRESSED = -1e9  # score of a suppressed proposal: below every real score, above "not a candidate"
 
@@ -52,7 +61,7 @@ SUPPRESSED = -1e9  # score of a suppressed proposal: below every real score, abo
 class DLMSettings:
     gen_length: int = 256
     block_length: int = 32
-    steps: int | None = None        # schedule samplers; None = gen_length (one token per step)
+    steps: int | None = None        # fixed-step samplers; None = gen_length (one token per step)
     schedule: str = "even"          # schedule samplers: commits per step (rules.transfer_schedule)
     temperature: float = 0.0        # Gumbel-max temperature; 0 = argmax
     rule: CommitRule = CommitRule()
@@ -64,6 +73,10 @@ class DLMSettings:
     # once per batch and replayed; same kernels, so the same samples (measured on an H100:
     # docs/benchmarks.md)
     cuda_graphs: bool = True
+    # draw the random score's numbers as the reference code does (LLaDA `random`: over the
+    # row's whole sequence each step, float32; Dream `origin` always draws so), so that with a
+    # generator seeded like torch.manual_seed a row equals the reference run on it alone
+    reference_rng: bool = False
 
     def __post_init__(self) -> None:
         if self.gen_length < 1 or self.block_length < 1:
@@ -75,11 +88,16 @@ class DLMSettings:
             raise ValueError(f"cache must be one of {', '.join(CACHES)}")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
-        if self.rule.fixed_schedule and self.total_steps % self.n_blocks:
+        if self.rule.fixed_steps and self.total_steps % self.n_blocks:
             raise ValueError(f"steps {self.total_steps} must be a multiple of the number of "
                              f"blocks {self.n_blocks}")
-        if self.rule.fixed_schedule and self.total_steps < self.n_blocks:
+        if self.rule.fixed_steps and self.total_steps < self.n_blocks:
             raise ValueError("steps must be >= the number of blocks")
+        if self.reference_rng and (self.rule.score != "random" or self.temperature != 0):
+            # other samplers draw nothing at temperature 0; sampling noise is drawn differently
+            # from every reference (LLaDA: exp(l) / (-log u)^T; Dream: Categorical sampling)
+            raise ValueError("reference_rng applies to the random-score samplers (random, "
+                             "origin) at temperature 0 only")
 
     @property
     def n_blocks(self) -> int:
@@ -129,7 +147,8 @@ def generate_dlm(backend: SamplingBackend, prompts: list[list[int]], settings: D
     eos = torch.tensor(backend.eos_ids or [-1], device=dev)
     watcher = StopWatcher(backend.tokenizer, stop_sequences)
     run = _Run(backend, settings, eos, watcher, P,
-               [len(p) + G + int(m.sum()) for p, m in zip(prompts, sfx_mask, strict=True)])
+               [len(p) + G + int(m.sum()) for p, m in zip(prompts, sfx_mask, strict=True)],
+               [P - len(p) for p in prompts])
     if healing is not None:
         run.healing = healing
         run.skip = [len(text) for text in healing.prefix]
@@ -191,7 +210,7 @@ def graphs_used(backend: SamplingBackend, settings: DLMSettings) -> bool:
     graphable backend on the current CUDA device, and a step that repeats (a cached mode's
     block start is graphed; without a cache, a block needs more than one step)."""
     repeats = settings.cache != "none" or (
-        settings.steps_per_block if settings.rule.fixed_schedule else settings.block_length) > 1
+        settings.steps_per_block if settings.rule.fixed_steps else settings.block_length) > 1
     return settings.cuda_graphs and graphs.can_graph(backend.device, backend) and repeats
 
 
@@ -211,7 +230,8 @@ class _Run:
     """State shared by the blocks of one batch: per-row counters, the cache and the graphs."""
 
     def __init__(self, backend: SamplingBackend, settings: DLMSettings, eos: torch.Tensor,
-                 watcher: StopWatcher, prompt_width: int, real_lengths: list[int]):
+                 watcher: StopWatcher, prompt_width: int, real_lengths: list[int],
+                 pads: list[int]):
         self.b = backend
         self.s = settings
         self.plan = PLANS[settings.cache]
@@ -219,6 +239,7 @@ class _Run:
         self.watcher = watcher
         self.P = prompt_width
         self.real = real_lengths             # real tokens (prompt + answer) per original row
+        self.pads = pads                     # left pads per original row (its first real column)
         n = len(real_lengths)
         # per original row; numpy, because the host bookkeeping of a step is on the critical
         # path of every step (with CUDA graphs the GPU waits for it)
@@ -243,11 +264,14 @@ class _Run:
         t_last = time.perf_counter()
         mask_id = b.mask_id
         BL = e - s
-        k_sched = None
+        k_sched = None  # per step: the commit count (schedule) or probability (origin), [B, steps]
         if st.rule.fixed_schedule:
             k_sched = transfer_schedule((x[:, s:e] == mask_id).sum(dim=1), st.steps_per_block,
                                         st.schedule)
-        n_steps = st.steps_per_block if st.rule.fixed_schedule else BL
+        elif st.rule.rule == "origin":
+            k_sched = origin_probabilities(st.steps_per_block, device=x.device).expand(
+                x.shape[0], -1)
+        n_steps = st.steps_per_block if st.rule.fixed_steps else BL
         rows_np = np.asarray(rows)
         live = ~np.asarray(done)[rows_np]
         live_t = torch.from_numpy(live).to(x.device)
@@ -293,6 +317,11 @@ class _Run:
         for i in range(n_steps):
             has = live & (blk_host == mask_id).any(axis=1)  # rows this step works for
             if not has.any():
+                # where the numbers are drawn in a reference's shapes, the steps left draw theirs
+                # too, as the reference (which runs every step) does: so a row that finishes its
+                # block early consumes the same numbers alone as in a batch that runs on
+                for _ in range(i, n_steps):
+                    steps.draws(x, s, e)
                 break
             n_query = full if not plan.cached or i == 0 else windowed
             if ahead is not None:
@@ -312,7 +341,7 @@ class _Run:
                 else:
                     out = steps.step(*inputs(i))
                 k_i = k_sched[:, i] if k_sched is not None else None
-                new_blk = out if whole else steps.commit(out, x[:, s:e], live_t, k_i)
+                new_blk = out if whole else steps.commit(out, x[:, s:e], live_t, k_i, seq=x)
             x[:, s:e] = new_blk
             if launcher is not None and i + 1 < n_steps:
                 new_host, ahead = launcher.copy_then_launch(
@@ -353,7 +382,8 @@ class _Run:
 
     def _commit(self, logits: torch.Tensor, cand: torch.Tensor,
                 gens: list[torch.Generator] | None, k: torch.Tensor | None,
-                allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                allowed: torch.Tensor | None, uniform: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         st, b = self.s, self.b
         # `logits` are this step's own (a forward's fresh output, or the graph's output tensor
         # that the next replay overwrites), so they are edited in place: a copy would be two
@@ -366,7 +396,8 @@ class _Run:
             # a CUDA graph capture does not allow
             logits.index_fill_(-1, self.eos, float("-inf"))
         need_entropy = st.rule.rule == "entropy_bounded"
-        x0, conf, ent = propose(logits, st.temperature, st.rule.score, gens, need_entropy)
+        x0, conf, ent = propose(logits, st.temperature, st.rule.score, gens, need_entropy,
+                                uniform)
         if st.confidence_eos_inf:
             conf = conf.masked_fill(torch.isin(x0, self.eos), SUPPRESSED)
         return select(st.rule, conf, ent, cand, k), x0
@@ -425,16 +456,39 @@ class _Steps:
             return logits
         return self.commit(logits, self.plan.block_tokens(blk, win), live_t, k[0] if k else None)
 
+    def draws(self, seq: torch.Tensor, s: int, e: int) -> torch.Tensor | None:
+        """The random score's numbers for the block [s, e) of the whole sequence `seq`, where
+        they are drawn in a reference's shapes (None: `propose` draws them, [B, block] a step).
+        Each row draws as if decoded alone: over its own real tokens, from its own generator."""
+        run = self.run
+        st = run.s
+        if st.rule.score != "random":
+            return None
+        lengths = [run.real[r] for r in self.rows]
+        offsets = [run.pads[r] for r in self.rows]
+        if st.rule.rule == "origin":  # always Dream's shape: its own sampler, no older form
+            return uniform_over_masked(seq == run.b.mask_id, lengths, offsets, s, e, self.gens)
+        if st.reference_rng:
+            return uniform_over_sequence(lengths, offsets, s, e, self.gens, seq.device)
+        return None
+
     def commit(self, logits: torch.Tensor, xb: torch.Tensor, live_t: torch.Tensor,
-               k: torch.Tensor | None) -> torch.Tensor:
-        """The block's tokens `xb` after this step's commits."""
+               k: torch.Tensor | None, seq: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's tokens `xb` after this step's commits (`seq`: the whole sequence, which
+        the random score's reference-shaped draws need; the step is then never graphed)."""
         run = self.run
         if run.healing is not None and run.allowed is None:
             # the answer's first token must extend the healed prompt text (built at block 0's
             # first step, by its eager run: a capture's warm-up when graphed)
             run.allowed = run.healing.mask(logits.shape[-1], logits.device)[self.rows]
         cand = (xb == run.b.mask_id) & live_t.unsqueeze(1)
-        chosen, x0 = run._commit(logits, cand, self.gens, k, run.allowed)
+        uniform = None
+        if run.s.rule.score == "random":
+            if seq is None:
+                raise RuntimeError("the random score's draws need the whole sequence")
+            s = self.blk.s
+            uniform = self.draws(seq, s, s + xb.shape[1])
+        chosen, x0 = run._commit(logits, cand, self.gens, k, run.allowed, uniform)
         return torch.where(chosen, x0, xb)
 
 

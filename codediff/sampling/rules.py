@@ -7,7 +7,7 @@ to commit. This module keeps the two apart:
 
 score (`Score`)      what it measures                             used by
   prob               softmax probability of the proposed token    LLaDA `low_confidence`, Fast-dLLM
-  random             a uniform random number                      LLaDA `random`
+  random             a uniform random number                      LLaDA `random`, Dream `origin`
   margin             top-1 minus top-2 probability                Dream `topk_margin`
   neg_entropy        minus the entropy of the predictive dist.    Dream `entropy`
 
@@ -16,10 +16,17 @@ commit rule          how many
   threshold tau      every candidate with score >= tau, at least the best one (Fast-dLLM)
   factor f           the n best while the n-th best has score >= 1 - f/(n+1) (Fast-dLLM)
   entropy_bounded g  best-first while sum(H) - max(H) <= g over the chosen set (EB-sampler)
+  origin             each candidate whose uniform score is below 1 - s/t over Dream's
+                     timesteps, all of them at the last step (Dream's `alg='origin'`)
 
 All functions are pure tensor functions on [B, L] scores and [B, L] bool candidate masks (masked
 positions inside the current block); they never commit a non-candidate and, where any candidate
-exists, always commit at least one (so decoding always progresses).
+exists, the adaptive rules always commit at least one (so decoding always progresses; the
+fixed-step rules may commit none at a step and fill the block by their last step).
+
+The random score's numbers are drawn here per row (one generator per row: a row's numbers do not
+depend on its batch), or, for Dream's `origin` and for `--reference-rng`, in the shapes the
+reference code draws them (`uniform_over_sequence`, `uniform_over_masked`).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from codediff.sampling import (  # noqa: F401 - SAMPLERS: name -> (score, rule)
     DREAM_EPS,
     FACTOR_RULES,
     SAMPLERS,
+    STEP_RULES,
     kernel,
 )
 
@@ -74,6 +82,13 @@ class CommitRule:
         """True when the number of commits per step is fixed in advance (`steps` matters)."""
         return self.rule == "schedule"
 
+    @property
+    def fixed_steps(self) -> bool:
+        """True when the number of steps is fixed in advance (`steps` matters): the schedule
+        rules and `origin`, whose commits per step are random but whose last step fills the
+        block."""
+        return self.rule in STEP_RULES
+
 
 # ----------------------------------------------------------------------------- proposals
 
@@ -109,13 +124,16 @@ def _uniform(shape: torch.Size | tuple[int, ...], device: torch.device,
 
 
 def propose(logits: torch.Tensor, temperature: float, score: str,
-            generators: list[torch.Generator] | None = None, need_entropy: bool = True
+            generators: list[torch.Generator] | None = None, need_entropy: bool = True,
+            uniform: torch.Tensor | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Proposed tokens x0 [B, L], their scores [B, L] (float64) and entropies [B, L] (nats;
     None when not `need_entropy` and the score does not use it).
 
     x0 is the argmax of the Gumbel-perturbed logits. Scores come from the unperturbed
-    distribution softmax(logits) computed in float64, as in LLaDA / Fast-dLLM.
+    distribution softmax(logits) computed in float64, as in LLaDA / Fast-dLLM. `uniform` [B, L]:
+    the `random` score's numbers when the caller has drawn them (in a reference's shapes);
+    otherwise they are drawn here, [B, L] per step.
     """
     if temperature == 0 and score == "prob" and not need_entropy \
             and kernel.usable(logits):
@@ -133,7 +151,8 @@ def propose(logits: torch.Tensor, temperature: float, score: str,
     if score == "prob":
         conf = logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()
     elif score == "random":
-        conf = _uniform(x0.shape, x0.device, generators)
+        conf = (uniform.to(torch.float64) if uniform is not None
+                else _uniform(x0.shape, x0.device, generators))
     elif score == "margin":
         top2 = p.topk(2, dim=-1).values
         conf = top2[..., 0] - top2[..., 1]
@@ -144,7 +163,52 @@ def propose(logits: torch.Tensor, temperature: float, score: str,
     return x0, conf, entropy
 
 
+def uniform_over_sequence(lengths: list[int], offsets: list[int], s: int, e: int,
+                          generators: list[torch.Generator] | None, device: torch.device
+                          ) -> torch.Tensor:
+    """LLaDA `generate(remasking='random')`'s draw: per row one float32 `torch.rand` over the
+    row's whole sequence (prompt and answer, as if decoded alone: `lengths[b]` real tokens that
+    start at column `offsets[b]` of the padded batch), of which the block [s, e) is read.
+    [B, e - s] float64. Without generators the global generator draws, row after row."""
+    rows = []
+    for b, (n, off) in enumerate(zip(lengths, offsets, strict=True)):
+        g = generators[b] if generators is not None else None
+        rows.append(torch.rand(n, device=device, generator=g)[s - off:e - off])
+    return torch.stack(rows).to(torch.float64)
+
+
+def uniform_over_masked(masked: torch.Tensor, lengths: list[int], offsets: list[int], s: int,
+                        e: int, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """Dream `diffusion_generate(alg='origin')`'s draw: per row one float32 `torch.rand` with one
+    number per masked position of the row's whole sequence (`masked` [B, W], the row's real
+    tokens `lengths[b]` from column `offsets[b]`), in position order; a row without masks draws
+    nothing. The block [s, e) is returned, [B, e - s] float64, 1.0 where no mask is."""
+    rows = []
+    for b, (n, off) in enumerate(zip(lengths, offsets, strict=True)):
+        g = generators[b] if generators is not None else None
+        m = masked[b, off:off + n]
+        full = torch.ones(n, device=masked.device)
+        full[m] = torch.rand(int(m.sum()), device=masked.device, generator=g)
+        rows.append(full[s - off:e - off])
+    return torch.stack(rows).to(torch.float64)
+
+
 # ----------------------------------------------------------------------------- schedules
+
+def origin_probabilities(steps: int, eps: float = DREAM_EPS,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+    """[steps] float32: the probability that `origin` commits a masked position at each step,
+    1 - t[i+1] / t[i] over Dream's timesteps t = linspace(1, eps, steps + 1), 1 at the last.
+
+    Computed in float32 on the model's device, as Dream does, because a uniform number is
+    compared with it: the last bit decides some commits."""
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    t = torch.linspace(1, eps, steps + 1, device=device)
+    p = 1 - t[1:] / t[:-1]
+    p[-1] = 1.0
+    return p
+
 
 def transfer_schedule(n_masked: torch.Tensor, steps: int, kind: str = "even",
                       eps: float = DREAM_EPS) -> torch.Tensor:
@@ -253,13 +317,22 @@ def select_entropy_bounded(conf: torch.Tensor, entropy: torch.Tensor, candidates
     return _first_k(order, _at_least_one(k, candidates), candidates)
 
 
+def select_origin(u: torch.Tensor, candidates: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Dream's `origin`: commit each candidate whose uniform number u is below the step's
+    probability p [B] (1 at the last step: every candidate). May commit none."""
+    return candidates & (u < p.to(torch.float64).unsqueeze(-1))
+
+
 def select(rule: CommitRule, conf: torch.Tensor, entropy: torch.Tensor | None,
            candidates: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
-    """Dispatch on the rule; `k` [B] is required for schedule rules."""
+    """Dispatch on the rule; `k` [B] is required for the fixed-step rules: the step's commit
+    count (schedule) or its commit probability (origin)."""
+    if rule.rule in STEP_RULES and k is None:
+        raise ValueError(f"sampler {rule.name} needs a per-step count or probability k")
     if rule.rule == "schedule":
-        if k is None:
-            raise ValueError(f"sampler {rule.name} needs a per-step count k")
         return select_topk(conf, candidates, k)
+    if rule.rule == "origin":
+        return select_origin(conf, candidates, k)
     if rule.rule == "threshold":
         return select_threshold(conf, candidates, rule.tau)
     if rule.rule == "factor":
