@@ -243,28 +243,17 @@ def run_llada(folder: Path) -> dict:
                 lambda x=x: llada.generate(model, x, steps=6, gen_length=16, block_length=8,
                                        mask_id=MASK),
                 dict(sampler="low_confidence", gen_length=16, block_length=8, steps=6)),
-            # ML-GSAI LLaDA generate, remasking='random': torch.rand over the whole sequence at
-            # every step, reproduced by --reference-rng
-            "llada_random_steps_eq_gen": (
-                _seeded(seed, lambda x=x: llada.generate(
-                    model, x, steps=16, gen_length=16, block_length=8, mask_id=MASK,
-                    remasking="random")),
-                dict(sampler="random", gen_length=16, block_length=8, steps=16,
-                     reference_rng=True, seed=seed)),
-            "llada_random_fewer_steps_uneven": (
-                _seeded(seed, lambda x=x: llada.generate(
-                    model, x, steps=6, gen_length=16, block_length=8, mask_id=MASK,
-                    remasking="random")),
-                dict(sampler="random", gen_length=16, block_length=8, steps=6,
-                     reference_rng=True, seed=seed)),
-            # more steps than masks: the last steps of a block commit nothing but still draw
-            "llada_random_more_steps": (
-                _seeded(seed, lambda x=x: llada.generate(
-                    model, x, steps=24, gen_length=16, block_length=8, mask_id=MASK,
-                    remasking="random")),
-                dict(sampler="random", gen_length=16, block_length=8, steps=24,
-                     reference_rng=True, seed=seed)),
         }
+        # ML-GSAI LLaDA generate, remasking='random': torch.rand over the whole sequence at
+        # every step, reproduced by --reference-rng; 24 steps > 16 masks: the last steps of a
+        # block commit nothing but still draw
+        for name, steps in (("steps_eq_gen", 16), ("fewer_steps_uneven", 6), ("more_steps", 24)):
+            cases[f"llada_random_{name}"] = (
+                _seeded(seed, lambda x=x, steps=steps: llada.generate(
+                    model, x, steps=steps, gen_length=16, block_length=8, mask_id=MASK,
+                    remasking="random")),
+                dict(sampler="random", gen_length=16, block_length=8, steps=steps,
+                     reference_rng=True, seed=seed))
         for cache, fn in (("none", fast.generate), ("prefix", fast.generate_with_prefix_cache),
                           ("dual", fast.generate_with_dual_cache)):
             cases[f"fastdllm_threshold_{cache}"] = (
