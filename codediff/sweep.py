@@ -367,7 +367,7 @@ def dry_run_text(spec: Spec, plans: list[CellPlan], gpus: int, parallel: int) ->
                  f"{_hours(tot_e)} evaluation (tasks at {TASK_SECONDS_PER_100} s per 100 problems, "
                  "measured for `tiny`); "
                  f"left to do: {_hours(left)} on 1 GPU, about {_hours(left / max(1, gpus))} "
-                 f"of wall time on {max(1, gpus)}")
+                 f"of wall time on {max(1, gpus)} GPU{'s' if gpus > 1 else ''}")
     lines.append("rates (tokens/s of one run alone on one GPU, at the preset's own shape):")
     for key in sorted({f"{p.cell.preset}:{p.cell.objective}" for p in plans}):
         p = next(p for p in plans if f"{p.cell.preset}:{p.cell.objective}" == key)
@@ -408,14 +408,20 @@ def spec_vocab(spec: Spec) -> int:
     return 64 * -(-spec.corpus.vocab_size // 64)
 
 
-def _check_tasks(spec: Spec) -> None:
-    from codediff.harness.tasks import available_tasks
+def check_tasks(spec: Spec) -> None:
+    from codediff.harness.tasks import available_tasks, load_task
 
     known = available_tasks()
     for t in spec.eval.tasks:
         if t.partition(":")[0] not in known:
             raise UserError(f"eval.tasks: {t!r} is not a task of this codediff (`codediff tasks` "
                             "lists them); remove it from the spec or update codediff")
+    # the task's data must be readable now, not after every cell has trained
+    for name in dict.fromkeys(t.partition(":")[0] for t in spec.eval.tasks):
+        try:
+            load_task(name)
+        except UserError as e:
+            raise UserError(f"eval.tasks: {name}: {e}") from None
 
 
 def _eval_record(spec: Spec, codechoice_sha: str | None) -> dict[str, Any]:
@@ -438,7 +444,7 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
     from codediff import options
 
     options.check_out(out, folder=True, reusable=True)
-    _check_tasks(spec)
+    check_tasks(spec)
     old = read_json_or_none(out / "sweep.json")
     if old is None and out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out}: the folder is not empty and is not a sweep dir; choose a "

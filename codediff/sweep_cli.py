@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     gpus = sweep.visible_gpus(o.gpus) if not (o.dry_run or o.emit) else []
     if o.dry_run:
+        sweep.check_tasks(spec)  # what the run would refuse, the plan refuses too
         spec.cells = cells
         plans = sweep.plan_cells(spec, sweep.spec_vocab(spec), rates,
                                  out if (out / "sweep.json").is_file() else None)
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if o.progress:
         print(sweep.crossover_text(res), file=sys.stderr)
     if failed:
-        raise UserError(f"{len(failed)} cells failed ({', '.join(failed[:5])}); their logs are "
+        raise UserError(f"{len(failed)} cells failed ({', '.join(failed[:5])}"
+                        f"{f' and {len(failed) - 5} more' if len(failed) > 5 else ''}); their logs are "
                         "in cells/<id>/; fix and rerun the same command to resume")
     return 0

@@ -503,3 +503,18 @@ def test_published_infill_sweep_summary_and_report(tmp_path):
     assert r.returncode == 0, r.stderr
     html = (tmp_path / "r.html").read_text()
     assert "humaneval-infill-single:infill" in html and "None" not in html
+
+
+def test_missing_task_data_refused_before_training(tmp_path):
+    """A task whose data cannot be read stops the sweep (and its dry run) at once, with one
+    line, instead of after every cell has trained."""
+    spec = tmp_path / "s.toml"
+    spec.write_text((REPO / "sweeps" / "infill-u5m.toml").read_text())
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    for extra in (["--dry-run"], []):
+        r = _cli("sweep", str(spec), "--out", str(tmp_path / "o"), *extra,
+                 env={**os.environ, "CODEDIFF_DATA": str(empty)})
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "eval.tasks: humaneval-infill-single: " in r.stderr
+        assert not (tmp_path / "o").exists()
