@@ -8,29 +8,33 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import sys
+import textwrap
 import typing
 
 from codediff import __version__
 from codediff.errors import UserError
 
-# name -> (module, one-line help)
+# name -> (module, one-line help), in the order `codediff --help` lists them: the pipeline first
 COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("codediff.corpus.cli", "build a capped, deduplicated, decontaminated Python corpus"),
     "train": ("codediff.train_cli", "train an `ar` or `mdm` coder on a corpus for a token budget"),
     "generate": ("codediff.generate_cli", "sample completions for a task from a checkpoint"),
+    "evaluate": ("codediff.harness.evaluate", "judge samples by running their tests in a sandbox"),
+    "report": ("codediff.reports.cli", "render HTML reports and leaderboards from result dirs"),
+    "leaderboard": ("codediff.reports.leaderboard", "build a static leaderboard site from result "
+                    "dirs"),
     "sweep": ("codediff.sweep_cli", "train and score a grid of ar/mdm cells on nested corpora; "
               "find the crossover"),
-    "recipes": ("codediff.recipe", "list the published evaluation settings of external models"),
-    "export": ("codediff.export", "export an mdm checkpoint in the LLaDA convention"),
-    "score": ("codediff.codechoice_score", "rank code-choice options by a checkpoint's "
-              "likelihood"),
-    "evaluate": ("codediff.harness.evaluate", "judge samples by running their tests in a sandbox"),
-    "tasks": ("codediff.harness.tasks_cli", "list the benchmark tasks and where their data comes from"),
     "codechoice": ("codediff.harness.codechoice_cli", "build the 4-way code-choice set (reference vs "
                    "failing mutants)"),
-    "report": ("codediff.reports.cli", "render HTML reports and leaderboards from result dirs"),
-    "leaderboard": ("codediff.reports.leaderboard", "a static leaderboard site from result dirs"),
+    "score": ("codediff.codechoice_score", "rank code-choice options by a checkpoint's "
+              "likelihood"),
+    "tasks": ("codediff.harness.tasks_cli", "list the benchmark tasks, their prompt formats and "
+              "where their data comes from"),
+    "recipes": ("codediff.recipe", "list the published evaluation settings of external models"),
+    "export": ("codediff.export", "export an mdm checkpoint in the LLaDA convention"),
     "demo": ("codediff.demo", "the whole pipeline on a CPU in minutes, ending in a leaderboard"),
 }
 
@@ -46,11 +50,18 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _usage() -> str:
+def _usage(width: int | None = None) -> str:
+    """The command list: every description starts in one column, and one too long for the
+    terminal (at most 100 columns) wraps under itself."""
+    if width is None:
+        width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    indent = 2 + max(map(len, COMMANDS)) + 2
     lines = [f"codediff {__version__}", "", "usage: codediff <command> [options]", "", "commands:"]
     for name, (_, help_) in COMMANDS.items():
-        lines.append(f"  {name:<10} {help_}")
-    lines.append("\n`codediff <command> --help` shows a command's options.")
+        wrapped = textwrap.wrap(help_, max(width - indent, 30)) or [""]
+        lines.append(f"  {name:<{indent - 2}}{wrapped[0]}")
+        lines += [" " * indent + more for more in wrapped[1:]]
+    lines += ["", "`codediff <command> --help` shows a command's options."]
     return "\n".join(lines)
 
 

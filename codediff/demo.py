@@ -108,7 +108,7 @@ def _run(out: Path) -> int:
           "runs are listed below it as partial)", flush=True)
     check = out / "results" / "judge-check"
     codediff("leaderboard", f"judge check: canonical+wrong+mutant={check}",
-             f"ar={out / 'results' / 'ar'}", f"mdm={out / 'results' / 'mdm'}", "--fresh",
+             f"ar={out / 'results' / 'ar'}", f"mdm={out / 'results' / 'mdm'}", "--overwrite",
              "--title", "codediff demo leaderboard", "--out", str(out / "leaderboard"))
     print(f"\ndone in {time.time() - t0:.0f} s. A tiny model trained for two minutes passes "
           "(almost) no HumanEval problem; the demo shows the machinery, the validation curves "

@@ -8,7 +8,8 @@ task (ranked by plus pass@1 where the task has plus inputs, else pass@1; results
 a task are listed below the ranking, marked), an accuracy-vs-speed chart per task with the Pareto
 front, and links to one page per model (the comparison report of that result). leaderboard.json
 and leaderboard.csv hold the same rows. The site remembers its sources in leaderboard.json, so a
-later call with the same --out adds to them (--fresh starts over).
+later call with the same --out adds to them (--overwrite starts over; --fresh, its old name, is
+still accepted).
 
 A folder that is not a results dir is searched for results dirs, for code-choice score files
 (`codediff score`, bench/crossover.py choice.json: a code-choice board) and for run dirs (the
@@ -23,6 +24,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 from pathlib import Path
 
 from codediff.reports.load import Result, Run, load_choice_scores, load_result, load_run
@@ -35,14 +37,30 @@ from codediff.formats import CHOICE_SCORE_SCHEMA, unique_tokens_of
 INDEX_SCHEMA = "codediff.leaderboard/1"
 
 
+class _Fresh(argparse.Action):
+    """`--fresh`: the deprecated name of --overwrite; a note on stderr says so."""
+
+    def __init__(self, option_strings, dest, **kw):
+        kw.pop("nargs", None)
+        super().__init__(option_strings, "overwrite", nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("codediff leaderboard: --fresh is the old name of --overwrite; use --overwrite",
+              file=sys.stderr)
+        setattr(namespace, self.dest, True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="RESULTS_DIR",
                         help="results dirs (codediff evaluate), LABEL=DIR to name one, or folders "
                              "holding results dirs, code-choice score files and run dirs")
     parser.add_argument("--out", required=True, help="folder to write the site into")
     parser.add_argument("--title", default="codediff leaderboard")
-    parser.add_argument("--fresh", action="store_true",
-                        help="forget the results an earlier call put into --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the site in --out with one of these inputs alone (without "
+                             "it, the results an earlier call put there are kept)")
+    # the flag's old name, kept so that scripts written for it still work; not in --help
+    parser.add_argument("--fresh", action=_Fresh, help=argparse.SUPPRESS)
 
 
 # ---------------------------------------------------------------- collecting inputs
@@ -330,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     specs = [_split(s) for s in args.inputs]
     new = {str(Path(p).resolve()) for _, p in specs if Path(p).exists()}
-    prev = [] if args.fresh else [(s.get("label"), s["path"]) for s in _previous_sources(out)
+    prev = [] if args.overwrite else [(s.get("label"), s["path"]) for s in _previous_sources(out)
                                   if s["path"] not in new]
     ctx = build_site(prev + specs, out, args.title)
     n = sum(len(b["ranked"]) + len(b["partial"]) for b in ctx["boards"].values())

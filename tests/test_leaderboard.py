@@ -204,9 +204,26 @@ def test_adding_one_results_dir_re_renders_without_judging(res, tmp_path, capsys
     labels = [r["label"] for r in json.loads((out / "leaderboard.json").read_text())["rows"]]
     assert len(labels) == 3
     assert {p: p.stat().st_mtime_ns for p in res["mdm-tau0.7"].iterdir()} == before
-    _site(tmp_path, res["mdm-tau0.7"], "--fresh")
+    _site(tmp_path, res["mdm-tau0.7"], "--overwrite")
     assert len(json.loads((out / "leaderboard.json").read_text())["rows"]) == 1
     assert len(list((out / "models").glob("*.html"))) == 1
+    assert "kept from the earlier site" not in capsys.readouterr().out
+
+
+def test_fresh_is_a_hidden_alias_of_overwrite(res, tmp_path, capsys):
+    """`--overwrite`, as for every other command that replaces output; `--fresh`, its old name,
+    still works for old scripts (with a note) but is not offered in --help."""
+    out = _site(tmp_path, res["ar"], res["mdm-tau0.9"])
+    capsys.readouterr()
+    _site(tmp_path, res["mdm-tau0.7"], "--fresh")
+    captured = capsys.readouterr()
+    assert "kept from the earlier site" not in captured.out
+    assert "--fresh is the old name of --overwrite" in captured.err
+    assert len(json.loads((out / "leaderboard.json").read_text())["rows"]) == 1
+    with pytest.raises(SystemExit):
+        main(["leaderboard", "--help"])
+    text = capsys.readouterr().out
+    assert "--overwrite" in text and "--fresh" not in text
 
 
 def test_leaderboard_renders_the_reference_runs(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -187,3 +188,45 @@ def test_generate_settings_are_the_one_source_of_defaults():
     assert cfg.explicit == {"model", "task", "out", "tau"} and cfg.tau == 0.7
     assert {k: v for k, v in vars(cfg).items() if k not in ("tau", "explicit")} == \
         {k: v for k, v in vars(default).items() if k not in ("tau", "explicit")}
+
+
+def _command_lines(usage: str) -> list[str]:
+    lines = usage.splitlines()
+    start = lines.index("commands:") + 1
+    return lines[start:lines.index("", start)]
+
+
+@pytest.mark.parametrize("width", [100, 60])
+def test_command_list_is_aligned(width):
+    """`codediff --help`: every command once, every description starting in one column, and a
+    description too long for the terminal wrapped under itself."""
+    from codediff.cli import COMMANDS, _usage
+
+    lines = _command_lines(_usage(width))
+    named = [ln for ln in lines if ln[2:3] != " "]
+    assert [ln.split()[0] for ln in named] == list(COMMANDS)
+    columns = {len(ln) - len(ln[2 + len(ln.split()[0]):].lstrip()) for ln in named}
+    assert len(columns) == 1, lines
+    column = columns.pop()
+    assert column == 2 + max(map(len, COMMANDS)) + 2
+    for ln in lines:
+        assert len(ln) <= max(width, column + 30), ln
+        if ln not in named:  # a wrapped description continues in the same column
+            assert len(ln) - len(ln.lstrip()) == column, ln
+    assert any(ln not in named for ln in lines) == (width == 60)
+    text = " ".join(" ".join(ln.split()[1:]) if ln in named else ln.strip() for ln in lines)
+    for _, help_ in COMMANDS.values():
+        assert help_ in text  # nothing lost in wrapping
+
+
+def test_readme_lists_every_command():
+    """README's command table: one line per `codediff` sub-command, none missing, none extra."""
+    from codediff.cli import COMMANDS
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```\ncodediff corpus"):]
+    block = block[4:block.index("```", 4)]
+    names = [ln.split()[1] for ln in block.splitlines()]
+    assert sorted(names) == sorted(COMMANDS)
+    # descriptions start in one column
+    assert len({len(re.match(r"codediff \S+\s+", ln)[0]) for ln in block.splitlines()}) == 1

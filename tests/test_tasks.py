@@ -70,3 +70,24 @@ def test_contamination_texts_cover_all_mbpp_rows(data_dir):
     seen = {(task, tid) for task, tid, _ in contamination_texts(data_dir)}
     assert sum(1 for task, _ in seen if task == "mbpp") == 974
     assert sum(1 for task, _ in seen if task == "humaneval") == 164
+
+
+def test_tasks_command_marks_each_default_format(data_dir, capsys):
+    """`codediff tasks`: each task's prompt formats with its default one marked `*`, and the
+    output says what the mark means."""
+    from codediff.cli import main
+
+    assert main(["tasks", "--data", str(data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "formats (* default)" in lines[0]
+    assert lines[-1].startswith("* the task's default prompt format")
+    rows = {ln.split()[0]: ln.split()[2] for ln in lines[1:-1]}
+    specs = available_tasks()
+    assert set(rows) == set(specs)
+    for name, spec in specs.items():
+        shown = rows[name].split(",")
+        assert shown == [f + ("*" if f == spec.default_format else "") for f in spec.formats]
+        assert sum(f.endswith("*") for f in shown) == 1
+    assert rows["mbpp"] == "3shot*,docstring" and rows["humaneval-infill-single"] == "infill*,prefix"
+    # the data column starts in one place on every row
+    assert len({ln.index(ln.split()[3], len(ln.split()[0]) + 1) for ln in lines[1:-1]}) == 1
