@@ -236,8 +236,11 @@ class GenerateConfig:
                               default_text="$CODEDIFF_DATA, ../shared/data beside a checkout, packaged files, then the hub", group="io")
     # `-n` too: under torchrun `--n` is an ambiguous abbreviation of torchrun's own options
     n: int = option(1, min=1, short="-n", help="samples per problem", group="io")
-    limit: int | None = option(None, min=1, help="only the first N problems",
-                               default_text="all", group="io")
+    limit: int | None = option(
+        None, min=1, default_text="all", group="io",
+        help="only the first N problems, in task order after --task-ids (a sweep spec's "
+             "task_limit spreads N over the task instead; for a spread, list the ids in "
+             "--task-ids)")
     task_ids: list[str] | None = option(None, nargs="+", help="only these task ids",
                                         default_text="all", group="io")
     batch_size: int = option(16, min=1, help="sequences per forward pass", group="io")

@@ -7,7 +7,7 @@ evaluation code (and `codediff generate --backend hf --trust-remote-code`) can s
 models. The modelling code written next to the weights is self-contained (torch + transformers,
 no codediff import) and reuses our parameter names, so `model.safetensors` is copied unchanged.
 
-  python -m codediff.export runs/mdm/checkpoints/tokens-N exported/
+  codediff export runs/mdm/checkpoints/tokens-N exported/
   (or, where the CLI maps it: codediff export CHECKPOINT OUT)
 
 This module imports nothing heavy at the top, so it can also serve as a CLI sub-command.
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from codediff.errors import UserError
 
-    parser = argparse.ArgumentParser(prog="python -m codediff.export",
+    parser = argparse.ArgumentParser(prog="codediff export",
                                      description="export an mdm checkpoint (LLaDA convention)")
     add_arguments(parser)
     try:

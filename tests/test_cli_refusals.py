@@ -174,3 +174,14 @@ def test_a_refused_generate_does_not_block_the_corrected_command(fixture_dir, tm
     good = cli([*base, "--gen-length", "8"])
     assert good.returncode == 0, good.stderr
     assert len(out.read_text().splitlines()) == 1
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`codediff recipes | head -1`: the pipe closes under codediff; it ends without a trace."""
+    proc = subprocess.Popen([sys.executable, "-m", "codediff.cli", "recipes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader leaves before codediff writes, as `head` may
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
