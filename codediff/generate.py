@@ -524,7 +524,7 @@ def _infill_setup(cfg: GenerateConfig, task: Any, fmt: Any, backend: Any, mode: 
     """For a task with holes: the plan (prompt, length rule, budget, end rule), the FIM
     sentinel ids of an `ar` infill run, and the stop sequences with the end rule's. Refuses
     what cannot run, before anything is written."""
-    from codediff.infill import check_ar_infill, plan_for
+    from codediff.infill import plan_for
 
     if "infill_length" in cfg.explicit and not (getattr(task.spec, "hole", "")
                                                  or getattr(fmt, "suffix", "")):
@@ -540,10 +540,43 @@ def _infill_setup(cfg: GenerateConfig, task: Any, fmt: Any, backend: Any, mode: 
         raise UserError(f"--backend {backend.name} samples from prompt text and cannot show a "
                         "suffix; use --backend hf or native, or --prompt-format prefix")
     if plan.infill and mode == "ar":
-        sentinels = check_ar_infill(backend)
+        sentinels = _ar_infill_sentinels(backend)
     if plan.end_rule == "line" and "\n" not in stops:
         stops = [*stops, "\n"]  # decoding stops at the end of the line (end_of_line keeps it)
     return plan, sentinels, stops
+
+
+def _ar_infill_sentinels(backend: Any) -> tuple[int, int, int]:
+    """(prefix, suffix, middle) sentinel ids of the PSM prompt an `ar` model reads, or a
+    UserError naming the fix. The tokenizer is checked first: without the sentinels no
+    --fim-rate training can help (it is refused on such a corpus), so "train it with --fim-rate"
+    would send the user in a circle. Both spellings count (codediff's, StarCoder's), as
+    training accepted them."""
+    from codediff.fim import (
+        fim_token_ids,
+        missing_sentinels_fix,
+        run_corpus_manifest,
+        spellings_text,
+    )
+    from codediff.infill import fim_rate_of
+
+    ids = fim_token_ids(backend.tokenizer)
+    meta = getattr(backend, "meta", None)  # a codediff checkpoint's record; None otherwise
+    if ids is None:
+        head = (f"{backend.path}: its tokenizer has no fill-in-the-middle sentinels "
+                f"({spellings_text()}), so it cannot read an infill prompt")
+        if meta is None:
+            raise UserError(f"{head}; use --prompt-format prefix, or a model trained for "
+                            "fill-in-the-middle whose tokenizer has them")
+        fix = missing_sentinels_fix(run_corpus_manifest(backend.path))
+        raise UserError(f"{head}, and --fim-rate training needs them too; use --prompt-format "
+                        f"prefix, or a model trained with --fim-rate on a corpus that has them: "
+                        f"{fix}")
+    if meta is not None and fim_rate_of(meta, backend.path) <= 0:
+        raise UserError(f"{backend.path}: this ar model was not trained with fill-in-the-middle, "
+                        "so it cannot read an infill prompt; train it with --fim-rate 0.5 (its "
+                        "tokenizer has the sentinels), or use --prompt-format prefix")
+    return ids.prefix, ids.suffix, ids.middle
 
 
 def _oracle_tokens(backend: Any, problem: Any) -> int:
