@@ -102,6 +102,43 @@ def corpus_fim_ids(manifest: dict[str, Any], tokenizer_path: str | Path) -> FimI
         return None
 
 
+def spellings_text() -> str:
+    """The sentinels as a refusal names them: every spelling `fim_token_ids` accepts."""
+    return " or ".join(", ".join(spelling) for spelling in FIM_SPELLINGS)
+
+
+def run_corpus_manifest(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The manifest of the corpus a native checkpoint was trained on, found through its run dir
+    (`<run>/checkpoints/<name>` beside `<run>/run.json`, whose `corpus.path` names the corpus),
+    or None where any of them is out of reach (a moved corpus, a copied checkpoint)."""
+    import json
+
+    try:
+        run = json.loads((Path(checkpoint).parent.parent / "run.json").read_text("utf-8"))
+        corpus = Path(run["corpus"]["path"])
+        manifest = json.loads((corpus / "manifest.json").read_text("utf-8"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def missing_sentinels_fix(manifest: dict[str, Any] | None) -> str:
+    """How to get a corpus whose tokenizer has the sentinels, for a refusal about a corpus (or a
+    model trained on one) whose tokenizer lacks them. Rebuilding helps only where codediff
+    trained the BPE: a `codediff corpus --tokenizer` keeps the vocabulary that file has."""
+    tok = (manifest or {}).get("tokenizer") or {}
+    loaded = tok.get("loaded_from") if isinstance(tok, dict) else None
+    if loaded:
+        return (f"the corpus took its tokenizer from `codediff corpus --tokenizer {loaded}`, so "
+                "rebuilding it that way does not help; build one with codediff's own BPE (no "
+                "--tokenizer: it reserves them) or with a --tokenizer that has them")
+    if isinstance(tok, dict) and "trained" in tok:
+        return ("rebuild the corpus with this codediff version (`codediff corpus`), which "
+                "reserves them in the BPE it trains")
+    return ("build a corpus with codediff's own BPE (`codediff corpus` without --tokenizer "
+            "reserves them) or with a --tokenizer that has them")
+
+
 # ----------------------------------------------------------------------------- one document
 
 def fim_document(doc: list[int] | np.ndarray, a: int, c: int, ids: FimIds, spm: bool = False

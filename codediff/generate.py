@@ -34,6 +34,7 @@ from codediff.config import GenerateConfig
 from codediff.errors import UserError, is_out_of_memory
 from codediff.formats import (
     IDENTITIES,
+    IDENTITY_IGNORES,
     SAMPLES_SCHEMA,
     JsonlStore,
     atomic_write_json,
@@ -113,13 +114,39 @@ def _read_rows(path: Path) -> list[dict]:
     return JsonlStore(path).rows()
 
 
-def _finished_differences(old: dict, ident: dict) -> list[str]:
-    """What differs between a finished sidecar (either layout) and this run's identity."""
+def _sidecar_model(ident: dict, backend: Any) -> dict:
+    """The model record of a finished sidecar: the identity's, with `params` counting every
+    parameter as run.json does. (The identity, and so the fingerprint, keeps the count without
+    embedding and head that the FLOPs estimate uses: changing it would orphan finished runs.)"""
+    return {**ident["model"], "params": backend.num_params()}
+
+
+def _finished_differences(old: dict, ident: dict, model: dict, out: Path) -> list[str]:
+    """What differs between a finished sidecar (either layout) and this run, compared like
+    with like: `model` is this run's record as a sidecar keeps it (_sidecar_model), and the
+    problems are the sidecar's count and the task ids in the samples file. Empty: the same run
+    (its fingerprint may still differ, e.g. computed by another codediff version)."""
     old = samples_meta(old)
+    old_model = old.get("model") if isinstance(old.get("model"), dict) else {}
+    if old_model.get("params") is not None and old_model["params"] == ident["model"]["params"]:
+        # sidecars written before model.params counted every parameter hold the identity's count
+        model = {**model, "params": ident["model"]["params"]}
     fields = [f for f in IDENTITIES["samples"] if f != "problems"]  # the sidecar counts them
-    diffs = identity_diff(old, ident, fields, ignore=("model.device",))
-    if old.get("problems") != len(ident["problems"]):
-        diffs.append(f"problems ({old.get('problems')} -> {len(ident['problems'])})")
+    # what the fingerprint leaves out (_fingerprint) is no difference here either
+    ignore = (*IDENTITY_IGNORES["samples"], "model.unique_tokens")
+    diffs = identity_diff(old, {**ident, "model": model}, fields, ignore=ignore)
+    problems = ident["problems"]
+    if old.get("problems") != len(problems):
+        diffs.append(f"problems ({old.get('problems')} -> {len(problems)})")
+    elif not diffs:  # as many problems: the samples file says which (read only when it decides)
+        written = list(dict.fromkeys(r.get("task_id") for r in JsonlStore(out).rows()))
+        if written != problems:
+            # the first place they part (one may be a prefix of the other)
+            i = next((k for k, (a, b) in enumerate(zip(written, problems, strict=False))
+                      if a != b), min(len(written), len(problems)))
+            was = written[i] if i < len(written) else "missing"
+            now = problems[i] if i < len(problems) else "missing"
+            diffs.append(f"problems (other task ids: {was} -> {now})")
     return diffs
 
 
@@ -286,8 +313,22 @@ def environment(backend: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main
 
+@dataclass(frozen=True)
+class Generated:
+    """What `generate_samples` did: the samples file, and whether this call wrote it (False:
+    it was already complete with these settings, and nothing was touched)."""
+
+    out: Path
+    written: bool
+
+
 def run_generate(cfg: GenerateConfig) -> Path:
     """Generate (or finish generating) cfg.out; returns its path."""
+    return generate_samples(cfg).out
+
+
+def generate_samples(cfg: GenerateConfig) -> Generated:
+    """Generate (or finish generating) cfg.out; says whether anything was written."""
     validate(cfg)
     from codediff.harness.tasks import load_task
 
@@ -340,17 +381,18 @@ def run_generate(cfg: GenerateConfig) -> Path:
 
     # ---- already finished, or a different run in the way?
     if out.exists() and meta_path(out).exists() and not cfg.overwrite:
-        try:
-            old = json.loads(meta_path(out).read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("fingerprint") in legacy:
-            if rank == 0:
-                print(f"{out}: already complete ({old.get('samples')} samples)", file=sys.stderr)
-            return out
-        diffs = _finished_differences(old, ident) or ["made by another codediff version"]
-        raise UserError(f"{out} exists from a run with other settings ("
-                        + "; ".join(diffs[:6]) + "); pass --overwrite or choose another --out")
+        old = _json_or_empty(meta_path(out))
+        diffs = ([] if old.get("fingerprint") in legacy
+                 else _finished_differences(old, ident, _sidecar_model(ident, backend), out))
+        if diffs:
+            raise UserError(f"{out} exists from a run with other settings ("
+                            + "; ".join(diffs[:6]) + "); pass --overwrite or choose another "
+                            "--out")
+        if rank == 0:
+            print(f"{out}: already complete ({old.get('samples')} samples with these "
+                  "settings); nothing was written (--overwrite generates it again)",
+                  file=sys.stderr)
+        return Generated(out, written=False)
     pmeta = _partial_meta(out)
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)  # validated above; now we write
@@ -396,7 +438,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
     if rank == 0:
         _merge(cfg, out, jobs, fingerprint, ident, fmt, stops, backend, world)
     _barrier(world)
-    return out
+    return Generated(out, written=True)
 
 
 def _generate_jobs(cfg: GenerateConfig, backend: Any, jobs: list[Job], stops: list[str],
@@ -482,7 +524,7 @@ def _infill_setup(cfg: GenerateConfig, task: Any, fmt: Any, backend: Any, mode: 
     """For a task with holes: the plan (prompt, length rule, budget, end rule), the FIM
     sentinel ids of an `ar` infill run, and the stop sequences with the end rule's. Refuses
     what cannot run, before anything is written."""
-    from codediff.infill import check_ar_infill, plan_for
+    from codediff.infill import plan_for
 
     if "infill_length" in cfg.explicit and not (getattr(task.spec, "hole", "")
                                                  or getattr(fmt, "suffix", "")):
@@ -498,10 +540,43 @@ def _infill_setup(cfg: GenerateConfig, task: Any, fmt: Any, backend: Any, mode: 
         raise UserError(f"--backend {backend.name} samples from prompt text and cannot show a "
                         "suffix; use --backend hf or native, or --prompt-format prefix")
     if plan.infill and mode == "ar":
-        sentinels = check_ar_infill(backend)
+        sentinels = _ar_infill_sentinels(backend)
     if plan.end_rule == "line" and "\n" not in stops:
         stops = [*stops, "\n"]  # decoding stops at the end of the line (end_of_line keeps it)
     return plan, sentinels, stops
+
+
+def _ar_infill_sentinels(backend: Any) -> tuple[int, int, int]:
+    """(prefix, suffix, middle) sentinel ids of the PSM prompt an `ar` model reads, or a
+    UserError naming the fix. The tokenizer is checked first: without the sentinels no
+    --fim-rate training can help (it is refused on such a corpus), so "train it with --fim-rate"
+    would send the user in a circle. Both spellings count (codediff's, StarCoder's), as
+    training accepted them."""
+    from codediff.fim import (
+        fim_token_ids,
+        missing_sentinels_fix,
+        run_corpus_manifest,
+        spellings_text,
+    )
+    from codediff.infill import fim_rate_of
+
+    ids = fim_token_ids(backend.tokenizer)
+    meta = getattr(backend, "meta", None)  # a codediff checkpoint's record; None otherwise
+    if ids is None:
+        head = (f"{backend.path}: its tokenizer has no fill-in-the-middle sentinels "
+                f"({spellings_text()}), so it cannot read an infill prompt")
+        if meta is None:
+            raise UserError(f"{head}; use --prompt-format prefix, or a model trained for "
+                            "fill-in-the-middle whose tokenizer has them")
+        fix = missing_sentinels_fix(run_corpus_manifest(backend.path))
+        raise UserError(f"{head}, and --fim-rate training needs them too; use --prompt-format "
+                        f"prefix, or a model trained with --fim-rate on a corpus that has them: "
+                        f"{fix}")
+    if meta is not None and fim_rate_of(meta, backend.path) <= 0:
+        raise UserError(f"{backend.path}: this ar model was not trained with fill-in-the-middle, "
+                        "so it cannot read an infill prompt; train it with --fim-rate 0.5 (its "
+                        "tokenizer has the sentinels), or use --prompt-format prefix")
+    return ids.prefix, ids.suffix, ids.middle
 
 
 def _oracle_tokens(backend: Any, problem: Any) -> int:
@@ -667,9 +742,7 @@ def _merge(cfg: GenerateConfig, out: Path, jobs: list[Job], fingerprint: str, id
     meta = {
         "schema": SAMPLES_SCHEMA,
         "fingerprint": fingerprint,
-        # all parameters, as run.json counts them (the fingerprint's model record has the count
-        # without embedding and head that the FLOPs estimate uses)
-        "model": {**ident["model"], "params": backend.num_params()},
+        "model": _sidecar_model(ident, backend),
         "task": ident["task"],
         "dataset": ident["dataset"],
         "prompt_format": fmt.name,

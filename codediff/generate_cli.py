@@ -39,11 +39,12 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from codediff.generate import meta_path, run_generate
+    from codediff.generate import generate_samples, meta_path
 
-    out = run_generate(cfg)
+    done = generate_samples(cfg)
     import os
 
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"wrote {out} and {meta_path(out)}")
+    # an output that was already complete was not touched: generate_samples said so on stderr
+    if done.written and int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {done.out} and {meta_path(done.out)}")
     return 0

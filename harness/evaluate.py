@@ -53,7 +53,8 @@ class EvaluateOptions:
     data: str | None = option(None, help="task data file or folder",
                               default_text="$CODEDIFF_DATA, ../shared/data beside a checkout, "
                               "packaged files, then the hub")
-    format: str | None = option(None, help="prompt format the samples were made with",
+    format: str | None = option(None, help="prompt format the samples were made with (one "
+                                "that contradicts samples.meta.json is refused)",
                                 default_text="samples.meta.json beside the samples, else the "
                                 "task's")
     timeout: float | None = option(None, above=0, help="seconds per sample",
@@ -89,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
     options.check_out(o.out, folder=True, reusable=True)  # a results dir resumes
     task = load_task(o.task, o.data)
     samples = read_samples(o.samples, set(task.by_id()), task.name)
-    fmt = o.format or _format_from_meta(o.samples) or task.spec.default_format
-    task.format(fmt)  # validates the name
+    fmt = judging_format(task, o.samples, o.format)  # before anything is written
     results = evaluate(task, samples, out=Path(o.out), samples_path=Path(o.samples),
                        ks=ks, workers=o.workers or None, fmt=fmt, timeout=o.timeout,
                        do_sanitize=o.sanitize, unsafe=o.unsafe_no_sandbox,
@@ -121,8 +121,36 @@ def samples_meta(samples_path: str | os.PathLike | None) -> dict:
     return out
 
 
-def _format_from_meta(samples_path: str) -> str | None:
-    return samples_meta(samples_path).get("prompt_format")
+def judging_format(task: Task, samples_path: str | os.PathLike | None,
+                   asked: str | None) -> str:
+    """The prompt format to judge with: the one the sidecar records, else `asked` (--format),
+    else the task's default.
+
+    A `--format` other than the recorded one is refused, not warned about: the format decides
+    how a sample becomes a program (prompt + completion, + suffix, cut at the line, or the
+    completion alone) and which stop sequences the sanitiser cuts at, so judging samples made
+    with one format as another scores text the model never wrote, under a prompt_format in
+    results.json that misreports them. No use needs it: an ablation of the judging rule is
+    another generation run (its samples then record that format). Samples without a sidecar
+    (human-eval, evalplus) have no record, and --format is taken as given."""
+    made = samples_meta(samples_path).get("prompt_format")
+    if isinstance(made, str) and made:
+        sidecar = Path(samples_path).with_suffix(".meta.json").name
+        if asked is not None and asked != made:
+            raise UserError(f"--format {asked} contradicts {sidecar}: these samples were made "
+                            f"with prompt format {made}; drop --format to judge them as {made}, "
+                            f"or regenerate them with --prompt-format {asked}")
+        if made not in task.spec.formats:
+            other = samples_meta(samples_path).get("task")
+            fix = (f"judge them with --task {other}" if isinstance(other, str) and other
+                   and other != task.name else
+                   f"regenerate them with one of its formats ({', '.join(task.spec.formats)})")
+            raise UserError(f"--samples {samples_path}: made with prompt format {made} "
+                            f"({sidecar}), which task {task.name} does not have; {fix}")
+        return made
+    fmt = asked or task.spec.default_format
+    task.format(fmt)  # validates the name
+    return fmt
 
 
 def build_program(task: Task, s: Sample, fmt: str, do_sanitize: bool) -> tuple[str, list[str]]:
@@ -147,7 +175,7 @@ def evaluate(task: Task, samples: list[Sample], *, out: Path, samples_path: Path
              timeout: float | None = None, do_sanitize: bool = True, unsafe: bool = False,
              limits: Limits | None = None, progress: bool = False,
              min_time_limit: float | None = None, time_limit_factor: float | None = None) -> dict:
-    fmt = fmt or task.spec.default_format
+    fmt = judging_format(task, samples_path, fmt)  # the sidecar's, as the command judges
     t0 = time.time()
     samples_sha = file_sha256(samples_path) if samples_path else ""
     judge = Judge(task, workers=workers, limits=limits, unsafe=unsafe, timeout=timeout,

@@ -109,6 +109,59 @@ def test_other_samples_in_same_out_dir_refused(he_samples, tmp_path, capsys):
     assert code == 2 and "holds results for other samples" in err
 
 
+def test_format_comes_from_the_sidecar_and_a_contradicting_one_is_refused(tmp_path, capsys,
+                                                                           data_dir):
+    """Samples made with one prompt format are judged with it (the sidecar's, not the task's
+    default); an explicit --format that contradicts the sidecar is refused with one line, exit
+    2 and nothing written, rather than scoring them under another program rule."""
+    from codediff.harness.evaluate import evaluate
+    from codediff.harness.samples import read_samples
+
+    from codediff.errors import UserError
+
+    task = load_task("mbpp-infill-single", data_dir)
+    problems = task.problems[:4]
+    # the rest of the line, then junk: right under `prefix` (the answer is cut at its line),
+    # wrong under the task's default `infill` (the text is judged as written)
+    rows = [{"task_id": p.task_id, "completion": p.canonical_fill + "oops(\n"} for p in problems]
+    f = tmp_path / "samples.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sidecar = tmp_path / "samples.meta.json"
+    sidecar.write_text(json.dumps({"schema": "codediff.samples/2", "task": task.name,
+                                   "prompt_format": "prefix"}))
+    assert task.spec.default_format == "infill"
+
+    def judge(out: Path, *extra: str) -> tuple[int, str]:
+        code, _, err = run_cli(["evaluate", "--task", task.name, "--samples", str(f), "--out",
+                                str(out), "--k", "1", "--no-progress", *extra], capsys)
+        return code, err
+
+    code, err = judge(tmp_path / "refused", "--format", "infill")
+    assert code == 2 and err.startswith("codediff: error: ") and err.count("\n") == 1
+    assert "--format infill contradicts samples.meta.json" in err
+    assert "prompt format prefix" in err and "drop --format" in err
+    assert "--prompt-format infill" in err
+    assert not (tmp_path / "refused").exists()
+    # the library refuses the same contradiction
+    samples = read_samples(f, set(task.by_id()), task.name)
+    with pytest.raises(UserError, match="contradicts"):
+        evaluate(task, samples, out=tmp_path / "lib", samples_path=f, ks=[1], fmt="infill")
+    assert not (tmp_path / "lib").exists()
+
+    # no --format: the sidecar's; the same --format given: the same
+    assert judge(tmp_path / "res")[0] == 0
+    r = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert r["prompt_format"] == "prefix" and r["pass_at_k"]["base"]["pass@1"] == 1.0
+    assert judge(tmp_path / "res", "--format", "prefix")[0] == 0
+
+    # a sidecar format this task does not have: the task it was made for is named
+    sidecar.write_text(json.dumps({"schema": "codediff.samples/2", "task": "humaneval-infill-x",
+                                   "prompt_format": "fewshot"}))
+    code, err = judge(tmp_path / "other")
+    assert code == 2 and "prompt format fewshot" in err and "--task humaneval-infill-x" in err
+    assert err.count("\n") == 1 and not (tmp_path / "other").exists()
+
+
 def _marker_procs(marker: str) -> list[int]:
     pids = []
     for pid in os.listdir("/proc"):

@@ -342,3 +342,29 @@ def test_refusals(corpora, tmp_path, capsys):
     del record["train"]["fim_rate"], record["train"]["fim_spm_rate"]
     (run / "run.json").write_text(json.dumps(record))
     assert Trainer(corpora["old"], run, replace(model), plain, Dist()).fit()["resumed_from"] == 2
+
+
+def test_missing_sentinels_fix_fits_how_the_corpus_got_its_tokenizer(tmp_path):
+    """Rebuilding a corpus adds the sentinels only where codediff trains the BPE: a corpus from
+    `--tokenizer` is told to use codediff's BPE or another tokenizer instead."""
+    from codediff.fim import missing_sentinels_fix, run_corpus_manifest, spellings_text
+
+    assert spellings_text() == ("<|fim_prefix|>, <|fim_middle|>, <|fim_suffix|> or "
+                                "<fim_prefix>, <fim_middle>, <fim_suffix>")
+    loaded = missing_sentinels_fix({"tokenizer": {"loaded_from": "gpt2.json", "fim": None}})
+    assert "--tokenizer gpt2.json" in loaded and "does not help" in loaded
+    assert "rebuild the corpus with this" not in loaded
+    assert "rebuild the corpus with this codediff version" in missing_sentinels_fix(
+        {"tokenizer": {"trained": {"kind": "byte-level BPE"}, "fim": None}})
+    for unknown in (None, {}, {"tokenizer": "odd"}):
+        assert "codediff's own BPE" in missing_sentinels_fix(unknown)
+    # a checkpoint finds its corpus's manifest through its run dir, when all of it is there
+    ckpt = tmp_path / "run" / "checkpoints" / "tokens-1"
+    ckpt.mkdir(parents=True)
+    assert run_corpus_manifest(ckpt) is None
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"corpus": {"path": str(
+        tmp_path / "corpus")}}))
+    assert run_corpus_manifest(ckpt) is None  # the corpus has moved or lost its manifest
+    (tmp_path / "corpus" / "manifest.json").write_text(json.dumps({"tokenizer": {}}))
+    assert run_corpus_manifest(ckpt) == {"tokenizer": {}}

@@ -643,11 +643,11 @@ def test_vllm_backend_is_import_guarded(llama_dir):
 
 # ----------------------------------------------------------------------------- the command
 
-def save_native(tok, tmp_path: Path, objective: str) -> Path:
+def save_native(tok, tmp_path: Path, objective: str, n_layer: int = 2) -> Path:
     from codediff.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_head=4, d_model=64,
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=n_layer, n_head=4, d_model=64,
                       max_seq_len=512, causal=objective == "ar")
     model = Transformer(cfg)
     with torch.no_grad():
@@ -706,6 +706,62 @@ def test_generate_command_writes_samples_and_sidecar(tok, tmp_path, objective, e
                "--batch-size", "4", "--out", out, *extra) == 0
     assert cli("--model", run, "--task", "humaneval", "--limit", "3", "--n", "3",
                "--out", out, *extra) == 2
+
+
+def test_generate_rerun_of_a_finished_output_compares_like_with_like(tok, tmp_path, capsys):
+    """The sidecar's model.params counts every parameter while the run's identity (and its
+    fingerprint) counts them without embedding and head: a rerun compares like with like, so
+    only a real change is reported, and a rerun that writes nothing does not say it wrote."""
+    from codediff.backends import load_backend
+
+    run = save_native(tok, tmp_path, "ar")
+    out, meta_file = tmp_path / "s.jsonl", tmp_path / "s.meta.json"
+    args = ["--model", run, "--task", "humaneval", "--limit", "2", "--max-new-tokens", "4",
+            "--out", out]
+    assert cli(*args) == 0
+    assert capsys.readouterr().out == f"wrote {out} and {meta_file}\n"
+    files = lambda: {p.name: (p.read_bytes(), p.stat().st_mtime_ns)  # noqa: E731
+                     for p in sorted(tmp_path.glob("s.*"))}
+    before = files()
+
+    # the same command again: complete, nothing written, and it says so
+    assert cli(*args) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and "wrote" not in cap.err
+    assert f"{out}: already complete (2 samples" in cap.err and "nothing was written" in cap.err
+    assert files() == before
+    # a real change is named, and nothing else is (the parameter count did not change)
+    assert cli(*args[:-2], "--n", "2", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "settings.n (1 -> 2)" in err and "model.params" not in err and err.count("\n") == 1
+
+    # the same run with a fingerprint computed otherwise (another codediff version): the fields
+    # agree, so it is complete, not "changed"; also for a sidecar that counted params as the
+    # identity does (written before it counted every parameter)
+    meta = json.loads(meta_file.read_text())
+    body = load_backend(run, device="cpu").describe()["params"]
+    assert meta["model"]["params"] > body  # the embedding and head are counted
+    for params in (body, meta["model"]["params"]):
+        meta_file.write_text(json.dumps({**meta, "fingerprint": "0" * 64,
+                                         "model": {**meta["model"], "params": params}}))
+        before = files()
+        assert cli(*args) == 0
+        cap = capsys.readouterr()
+        assert "already complete" in cap.err and cap.out == "" and files() == before
+    # ... but as many problems, other ones, is a change (the samples file says which)
+    other = ["--task-ids", "HumanEval/0", "HumanEval/5"]
+    assert cli(*args[:4], *other, *args[6:]) == 2
+    err = capsys.readouterr().err
+    assert "problems (other task ids: HumanEval/1 -> HumanEval/5)" in err
+    assert "model.params" not in err
+
+    # another model at the same path (a third layer): its parameter count is a real change
+    save_native(tok, tmp_path, "ar", n_layer=3)
+    new_params = load_backend(run, device="cpu").num_params()
+    assert cli(*args) == 2
+    err = capsys.readouterr().err
+    assert f"model.params ({meta['model']['params']} -> {new_params})" in err
+    assert files() == before
 
 
 def test_generate_resumes_after_interruption(tok, tmp_path, monkeypatch):

@@ -52,10 +52,8 @@ def bpe(request):
     return request.getfixturevalue("tok")
 
 
-@pytest.fixture(scope="module")
-def fim_tok():
-    """A BPE with the FIM sentinels after the usual specials (ids 3, 4, 5, as `codediff corpus`
-    reserves them)."""
+def bpe_with(sentinels: tuple[str, str, str]):
+    """A BPE with these three specials after the usual ones (ids 3, 4, 5)."""
     import textwrap as tw
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -65,11 +63,18 @@ def fim_tok():
     t.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=320, show_progress=False,
                                   special_tokens=["<|endoftext|>", "<|mask|>", "<|pad|>",
-                                                  *FIM_TOKENS],
+                                                  *sentinels],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     t.train_from_iterator([inspect.getsource(m) for m in (tw, json.encoder, inspect)], trainer)
-    assert [t.token_to_id(x) for x in FIM_TOKENS] == [3, 4, 5]
+    assert [t.token_to_id(x) for x in sentinels] == [3, 4, 5]
     return t
+
+
+@pytest.fixture(scope="module")
+def fim_tok():
+    """A BPE with the FIM sentinels after the usual specials (ids 3, 4, 5, as `codediff corpus`
+    reserves them)."""
+    return bpe_with(FIM_TOKENS)
 
 
 def rows_of(hole: str, n: int, with_suffix: bool = True) -> list[dict]:
@@ -181,8 +186,7 @@ def plan(prompt: str, hole: str = "single-line", length_rule: str = "budget"):
 
 
 def test_golden_prompts_of_each_mode(bpe, fim_tok):
-    from codediff.generate import _encode_infill
-    from codediff.infill import check_ar_infill
+    from codediff.generate import _ar_infill_sentinels, _encode_infill
 
     mdm = backend_for(bpe, "mdm")
     # prefix: the text before the hole only, for both objectives
@@ -199,7 +203,7 @@ def test_golden_prompts_of_each_mode(bpe, fim_tok):
     ar = native_backend(make_model(fim_tok.get_vocab_size(), True), fim_tok,
                         {"objective": "ar", "eot_id": EOT, "pad_id": PAD, "fim_rate": 0.5},
                         device=CPU, dtype=torch.float64)
-    sentinels = check_ar_infill(ar)
+    sentinels = _ar_infill_sentinels(ar)
     assert sentinels == (3, 4, 5)
     _, prompts, suffixes, _ = _encode_infill(ar.tokenizer, [job(PRE, SUF)], plan("infill"), "ar",
                                              sentinels, ar)
@@ -486,6 +490,64 @@ def test_ar_infill_needs_a_fim_trained_model(bpe, fim_tok, tmp_path, toy_task, c
     assert st["mode"] == "ar" and st["infill"]["prompt"] == "infill"
     for r in read_jsonl(out):
         assert r["completion"].endswith("\n") and r["suffix_tokens"] > 0
+
+
+def test_ar_infill_refusal_names_the_tokenizer_and_a_fix_that_works(bpe, tmp_path, toy_task,
+                                                                     capsys):
+    """A model whose tokenizer lacks the sentinels cannot be fixed by "train it with --fim-rate"
+    (training refuses such a corpus), and a corpus built with `--tokenizer` is not fixed by
+    rebuilding it: the refusal names the tokenizer and, where the run dir says how the corpus
+    got its tokenizer, the fix that applies."""
+    plain = save_native(bpe, tmp_path, "ar")
+    out = tmp_path / "ar.jsonl"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+
+    def refusal(manifest: dict | None) -> str:
+        run_json = plain / "run.json"
+        run_json.unlink(missing_ok=True)
+        if manifest is not None:  # the run dir names its corpus, whose manifest says more
+            (corpus / "manifest.json").write_text(json.dumps(manifest))
+            run_json.write_text(json.dumps({"corpus": {"path": str(corpus)}}))
+        assert cli("--model", plain, "--task", "toy-infill-single-line", "--prompt-format",
+                   "infill", "--out", out) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("codediff: error:") and err.count("\n") == 1
+        assert not out.exists() and not list(tmp_path.glob("ar.jsonl*"))
+        assert "tokenizer has no fill-in-the-middle sentinels" in err
+        assert "<|fim_prefix|>" in err and "<fim_prefix>" in err  # both spellings count
+        assert "--prompt-format prefix" in err and "train it with --fim-rate" not in err
+        return err
+
+    err = refusal({"tokenizer": {"loaded_from": "gpt2-tokenizer.json", "fim": None}})
+    assert "--tokenizer gpt2-tokenizer.json" in err and "does not help" in err
+    assert "codediff's own BPE" in err and "rebuild the corpus with this" not in err
+    err = refusal({"tokenizer": {"trained": {"kind": "byte-level BPE"}, "fim": None}})
+    assert "rebuild the corpus with this codediff version" in err
+    err = refusal(None)  # a checkpoint away from its run dir: either way out is named
+    assert "codediff's own BPE" in err and "a --tokenizer that has them" in err
+
+
+def test_ar_infill_reads_starcoder_spelled_sentinels(tmp_path, toy_task, monkeypatch):
+    """A corpus from a `--tokenizer` spelling the sentinels as StarCoder does trains with
+    --fim-rate (codediff.fim accepts both spellings); generation reads them too."""
+    from codediff import generate
+
+    star = bpe_with(("<fim_prefix>", "<fim_suffix>", "<fim_middle>"))
+    model = save_fim_ar(star, tmp_path, 0.5)
+    seen = []
+    real = generate._run_batch
+
+    def record(cfg, backend, batch, prompts, *a, **k):
+        seen.extend(prompts)
+        return real(cfg, backend, batch, prompts, *a, **k)
+
+    monkeypatch.setattr(generate, "_run_batch", record)
+    out = tmp_path / "star.jsonl"
+    assert cli("--model", model, "--task", "toy-infill-single-line", "--prompt-format",
+               "infill", "--out", out) == 0
+    assert seen and all(p[0] == 3 and p[-1] == 5 and p.count(4) == 1 for p in seen)
+    assert shown(star, seen[0]).startswith("<fim_prefix>")
 
 
 # ----------------------------------------------------------------------------- end to end
