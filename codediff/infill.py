@@ -113,23 +113,6 @@ def reference_fill(problem: Any) -> str:
 
 # ----------------------------------------------------------------------------- ar: FIM
 
-def fim_ids(tokenizer: Any) -> tuple[int, int, int] | None:
-    """Ids of <|fim_prefix|>, <|fim_suffix|>, <|fim_middle|> in a generation tokenizer (the
-    adapters of codediff.backends), or None if it lacks any of them."""
-    inner = getattr(tokenizer, "tok", tokenizer)
-    out = []
-    for name in FIM_TOKENS:
-        tid = None
-        if hasattr(inner, "token_to_id"):          # tokenizers.Tokenizer (codediff corpora)
-            tid = inner.token_to_id(name)
-        elif hasattr(inner, "get_vocab"):          # transformers tokenizers
-            tid = inner.get_vocab().get(name)
-        if tid is None:
-            return None
-        out.append(int(tid))
-    return out[0], out[1], out[2]
-
-
 def fim_rate_of(meta: dict | None, checkpoint: str | Path | None) -> float:
     """The FIM rate a native checkpoint was trained with (0 when it records none): from the
     checkpoint's own record, else from the run dir's run.json beside its checkpoints folder."""
@@ -145,22 +128,6 @@ def fim_rate_of(meta: dict | None, checkpoint: str | Path | None) -> float:
             return 0.0
         return float(((run.get("train") or {}).get("fim_rate")) or 0.0)
     return 0.0
-
-
-def check_ar_infill(backend: Any) -> tuple[int, int, int]:
-    """The FIM sentinel ids for an `ar` infill run, or a UserError naming the fix."""
-    meta = getattr(backend, "meta", None)
-    rate = fim_rate_of(meta, backend.path) if meta is not None else 0.0
-    ids = fim_ids(backend.tokenizer)
-    if meta is not None and rate <= 0:
-        raise UserError(f"{backend.path}: this ar model was not trained with fill-in-the-middle, "
-                        "so it cannot read an infill prompt; train it with --fim-rate 0.5, or "
-                        "use --prompt-format prefix")
-    if ids is None:
-        raise UserError(f"{backend.path}: its tokenizer has no {', '.join(FIM_TOKENS)} tokens, "
-                        "so it cannot read an infill prompt; use --prompt-format prefix (or a "
-                        "model trained with --fim-rate)")
-    return ids
 
 
 def psm(prefix: list[int], suffix: list[int], sentinels: tuple[int, int, int]) -> list[int]:

@@ -33,7 +33,7 @@ from codediff.checkpoints import save_checkpoint
 from codediff.config import ATTENTION_BACKENDS, SCHEDULES, ModelConfig, TrainConfig  # noqa: F401
 from codediff.data import Corpus, TrainStream, open_corpus, val_windows
 from codediff.errors import UserError, is_out_of_memory
-from codediff.fim import FIM_TOKENS, FimTransform, corpus_fim_ids
+from codediff.fim import FIM_TOKENS, FimTransform, corpus_fim_ids, missing_sentinels_fix
 from codediff.formats import RUN_SCHEMA, JsonlStore, identity_diff
 from codediff.model import Transformer, attention_without_cudnn
 from codediff.objectives import (
@@ -298,8 +298,7 @@ class Trainer:
         ids = corpus_fim_ids(c.manifest, c.tokenizer_path)
         if ids is None:
             raise UserError(f"--corpus {c.path}: its tokenizer has no {', '.join(FIM_TOKENS)} "
-                            "tokens, which --fim-rate needs; rebuild the corpus with this "
-                            "codediff version (`codediff corpus`), which reserves them")
+                            "tokens, which --fim-rate needs; " + missing_sentinels_fix(c.manifest))
         return FimTransform(rate=cfg.fim_rate, spm_rate=cfg.fim_spm_rate, ids=ids,
                             eot_id=c.eot_id, seed=cfg.seed)
 

@@ -331,7 +331,7 @@ def test_refusals(corpora, tmp_path, capsys):
     with pytest.raises(UserError) as e:
         Trainer(corpora["old"], tmp_path / "old-run", model, cfg, Dist())
     msg = str(e.value)
-    assert "\n" not in msg and "<|fim_prefix|>" in msg and "rebuild the corpus" in msg
+    assert "\n" not in msg and "<|fim_prefix|>" in msg and "codediff corpus" in msg
     assert not (tmp_path / "old-run").exists()
     # ... still trains without FIM
     plain = replace(cfg, fim_rate=0.0, fim_spm_rate=0.0, total_tokens=8 * 32 * 2)
