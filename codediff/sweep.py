@@ -408,6 +408,29 @@ def spec_vocab(spec: Spec) -> int:
     return 64 * -(-spec.corpus.vocab_size // 64)
 
 
+def check_corpus(spec: Spec) -> None:
+    """The spec's existing corpus dir ([corpus] dir) must be a corpus holding at least the
+    largest U. Checked before anything is written (and by --dry-run): found only when that level
+    is cut, it would stop the run halfway through making the sweep dir."""
+    if spec.corpus.dir is None:
+        return
+    from codediff.data import open_corpus  # numpy only
+
+    d = Path(spec.corpus.dir)
+    try:
+        n = len(open_corpus(d).train)
+    except UserError as e:
+        raise UserError(f"[corpus] dir {d}: {e}") from None
+    over = [u for u in spec.levels if u > n]
+    if over:
+        cells = [c.id for c in spec.cells if c.unique_tokens > n]
+        raise UserError(f"[corpus] dir {d} holds {n:,} training tokens ({si(n)}) and the largest "
+                        f"U asked is {si(max(over))} ({max(over):,}; {len(cells)} cell"
+                        f"{'s' if len(cells) != 1 else ''}, e.g. {cells[0]}); build a corpus "
+                        "with at least that many unique tokens or drop U = "
+                        + ", ".join(si(u) for u in over) + " from the grid")
+
+
 def check_tasks(spec: Spec) -> None:
     from codediff.harness.tasks import available_tasks, load_task
 
@@ -444,11 +467,42 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
     from codediff import options
 
     options.check_out(out, folder=True, reusable=True)
+    check_corpus(spec)
     check_tasks(spec)
     old = read_json_or_none(out / "sweep.json")
     if old is None and out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out}: the folder is not empty and is not a sweep dir; choose a "
                         "new or empty --out")
+    if old is not None:
+        return _prepare(spec, out, old, progress)
+    # a new sweep dir: sweep.json is written last, so a failure on the way (a corpus build, the
+    # code-choice set, an interrupt) would leave a folder that is neither empty nor a sweep dir,
+    # and the corrected rerun would be refused; put the folder back as it was instead
+    existed = out.is_dir()
+    try:
+        return _prepare(spec, out, None, progress)
+    except BaseException:
+        _undo_new_sweep_dir(out, existed)
+        raise
+
+
+def _undo_new_sweep_dir(out: Path, existed: bool) -> None:
+    """Remove what a failed first preparation wrote: `out` itself when it did not exist, its
+    contents when it was an empty folder (prepare refuses any other folder without sweep.json)."""
+    if (out / "sweep.json").exists():  # it got that far: a sweep dir a rerun resumes
+        return
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+    elif out.is_dir():
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+def _prepare(spec: Spec, out: Path, old: dict | None, progress: bool) -> Prepared:
+    """prepare() once the sweep dir is known to be new (`old` None) or a sweep (its manifest)."""
     if old is not None:
         schema_major(old, "sweep", str(out / "sweep.json"), "choose another --out")
         src_old = dict((old.get("corpus") or {}).get("source") or {})
@@ -472,10 +526,7 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
             out.mkdir(parents=True, exist_ok=True)
             build_full_corpus(spec, full, progress)
     else:
-        full = Path(spec.corpus.dir)
-        from codediff.data import open_corpus  # numpy only
-
-        open_corpus(full)
+        full = Path(spec.corpus.dir)  # opened and checked by check_corpus
     fh = _corpus_hashes(full)
     if old is not None:
         rec = (old.get("corpus") or {}).get("full") or {}

@@ -111,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
     gpus = sweep.visible_gpus(o.gpus) if not (o.dry_run or o.emit) else []
     if o.dry_run:
-        sweep.check_tasks(spec)  # what the run would refuse, the plan refuses too
+        # what the run would refuse, the plan refuses too (the whole spec: the run prepares
+        # every level, whatever --cells picks)
+        sweep.check_corpus(spec)
+        sweep.check_tasks(spec)
         spec.cells = cells
         plans = sweep.plan_cells(spec, sweep.spec_vocab(spec), rates,
                                  out if (out / "sweep.json").is_file() else None)

@@ -518,3 +518,41 @@ def test_missing_task_data_refused_before_training(tmp_path):
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
         assert "eval.tasks: humaneval-infill-single: " in r.stderr
         assert not (tmp_path / "o").exists()
+
+
+def test_u_larger_than_the_corpus_dir_is_refused_before_anything_is_written(tmp_path, capsys):
+    """A U the spec's corpus dir cannot hold is refused by --dry-run and by the run, in one line
+    naming the corpus, its size and the largest U, before the sweep dir exists."""
+    spec = _spec(tmp_path)
+    n = json.loads((tmp_path / "corpus" / "manifest.json").read_text())["train"]["tokens"]
+    spec.write_text(spec.read_text().replace('["20k", "40k"]', '["20k", "40k", "50M"]'))
+    out = tmp_path / "o"
+    for extra in (["--dry-run"], ["--gpus", "none"], ["--emit", "commands"]):
+        assert main(["sweep", str(spec), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"[corpus] dir {tmp_path / 'corpus'} holds {n:,} training tokens" in err
+        assert "the largest U asked is 50M (50,000,000" in err and "drop U = 50M" in err
+        assert not out.exists()
+
+
+def test_a_failed_first_preparation_leaves_nothing_that_blocks_the_rerun(tmp_path, capsys):
+    """A failure while the sweep dir is being made (here: the code-choice file, checked after
+    the nested corpora are cut) puts --out back as it was, so the corrected rerun goes on."""
+    spec = _spec(tmp_path)
+    good = spec.read_text()
+    missing = tmp_path / "missing.jsonl"
+    spec.write_text(good.replace(str(tmp_path / "choices.jsonl"), str(missing)))
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    for out in (new, empty):
+        assert main(["sweep", str(spec), "--out", str(out), "--emit", "commands",
+                     "--no-progress"]) == 2
+        assert "eval.codechoice.file" in capsys.readouterr().err
+    assert not new.exists() and list(empty.iterdir()) == []
+    spec.write_text(good)
+    for out in (new, empty):
+        assert main(["sweep", str(spec), "--out", str(out), "--emit", "commands",
+                     "--no-progress"]) == 0
+        assert (out / "sweep.json").is_file()
+    capsys.readouterr()
