@@ -52,6 +52,10 @@ class SweepOptions:
                                      "bubblewrap (`codediff evaluate --unsafe-no-sandbox`; only "
                                      "on a throwaway machine)")
     progress: bool = option(True, help="progress lines", false_aliases=("--quiet",))
+    status_every: int = option(60, min=0, metavar="SECONDS", help="while cells run: every "
+                               "this many seconds one line per running cell (tokens trained of "
+                               "its budget, rate and time left; checkpoints scored); 0: only "
+                               "the start and end of each cell")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         print(sweep.slurm_text(prepared, cells))
         return 0
     failed = sweep.run_cells(prepared, cells, gpus=gpus, parallel=o.parallel, stage=o.stage,
-                             progress=o.progress)
+                             progress=o.progress, status_every=o.status_every)
     res = sweep.summarize_dir(out)
     if o.progress:
         print(sweep.crossover_text(res), file=sys.stderr)

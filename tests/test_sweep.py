@@ -556,3 +556,54 @@ def test_a_failed_first_preparation_leaves_nothing_that_blocks_the_rerun(tmp_pat
                      "--no-progress"]) == 0
         assert (out / "sweep.json").is_file()
     capsys.readouterr()
+
+
+FAKE_TRAIN = """
+import json, sys, time
+from pathlib import Path
+run, total = Path(sys.argv[1]), int(sys.argv[2])
+run.mkdir(parents=True, exist_ok=True)
+(run / "run.json").write_text(json.dumps({"steps": 4, "total_tokens": total}))
+for step in range(1, 5):
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "tokens": step * total // 4, "epochs": step / 4,
+                            "train_loss": 5.0 - step, "tokens_per_s": 1000.0}) + "\\n")
+    time.sleep(0.5)
+"""
+
+
+def test_status_lines_while_cells_run(tmp_path, monkeypatch, capsys):
+    """Cells running at once are reported in whole lines, one per cell, every --status-every
+    seconds (tokens trained of the budget, rate and time left), by the scheduler alone; the
+    scoring progress of a cell is read from its eval files."""
+    from codediff import sweep
+    from codediff.sweep_spec import load_spec
+
+    spec = load_spec(_spec(tmp_path))
+    out = tmp_path / "out"
+    cells = [c for c in spec.cells if c.unique_tokens == 20_000]
+    for c in cells:
+        sweep.cell_dir(out, c.id).mkdir(parents=True)
+    p = sweep.Prepared(out, spec, {}, {}, 512, {})
+    monkeypatch.setattr(sweep, "train_command", lambda p, c, python=True: [
+        sys.executable, "-c", FAKE_TRAIN, str(sweep.cell_dir(p.out, c.id) / "run"),
+        str(c.total_tokens)])
+    failed = sweep.run_cells(p, cells, gpus=[], parallel=2, stage="train", progress=True,
+                             status_every=0.2)
+    assert failed == []
+    err = capsys.readouterr().err
+    assert all(ln.startswith("sweep:") for ln in err.splitlines()), err
+    assert "cells finished, 2 running, 0 waiting" in err
+    for c in cells:
+        lines = [ln for ln in err.splitlines() if ln.startswith(f"sweep:   {c.id} training: ")]
+        assert any("k/16k tokens (" in ln and "1k tok/s, ~" in ln and "[train for " in ln
+                   for ln in lines), err
+    # a cell being scored: checkpoints with every metric, and metrics so far
+    d = sweep.cell_dir(out, cells[0].id)
+    (d / "eval").mkdir()
+    for n, have in ((100, ["val_loss", "codechoice"]), (200, ["val_loss"])):
+        (d / "run" / "checkpoints" / f"tokens-{n}").mkdir(parents=True)
+        (d / "eval" / f"tokens-{n}.json").write_text(json.dumps(
+            {"metrics": {k: {"value": 0.5} for k in have}}))
+    assert sweep.cell_progress(out, cells[0], "eval", spec.eval.metrics) == \
+        "scoring: 1/2 checkpoints done, 3/4 metrics"
