@@ -965,8 +965,12 @@ def summarize_dir(out: Path) -> dict[str, Any]:
 
 
 def crossover_text(res: dict[str, Any]) -> str:
+    from codediff.crossover import flat_note
+
     lines = []
     for c in res["comparisons"]:
+        # curves that never moved (a pass@1 stuck at 0) are said to be flat, not read as a trend
+        note = flat_note(c, c["ar_arm"])
         head = (f"{c['preset']} U={si(c['unique_tokens'])} s{c['seed']} {c['ar_arm']} vs mdm, "
                 f"{c['metric']}: ")
         if c["status"] == "crossed":
@@ -988,8 +992,13 @@ def crossover_text(res: dict[str, Any]) -> str:
                           else f"; stays ahead from {stays:.3g} epochs")
             if not c.get("significant"):
                 lines[-1] += f"; never ahead by more than {c.get('z', 1.96):.3g} s.e."
+            if note:
+                lines[-1] += f"; {note}"
+        elif c["status"] == "none" and c.get("signal") is False:
+            lines.append(head + f"{note} (up to {si(c['budget'])} tokens)")
         elif c["status"] == "none":
-            lines.append(head + f"none within the budget ({si(c['budget'])} tokens)")
+            lines.append(head + f"none within the budget ({si(c['budget'])} tokens)"
+                         + (f"; {note}" if note else ""))
         else:
             lines.append(head + "no shared points yet")
     return "\n".join(lines)

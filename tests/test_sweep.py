@@ -273,7 +273,8 @@ def test_crossover_none_from_start_noise_and_best():
                [Point(x, 0.52, 0.05) for x in GRID[:4]], higher_is_better=True)
     assert r["status"] == "from_start" and not r["significant"] and r["interval"][1] is None
     b = best(_lin(GRID, 1.0, 0.1) + [Point(5e8, 0.2)], higher_is_better=False, epoch_tokens=1e8)
-    assert b == {"value": 0.2, "stderr": None, "tokens": 5e8, "epochs": 5.0, "last": False}
+    assert b == {"value": 0.2, "stderr": None, "tokens": 5e8, "epochs": 5.0, "last": False,
+                 "flat": False}
     assert detect([], mdm, higher_is_better=False)["status"] == "no_data"
 
 
@@ -361,6 +362,45 @@ def test_report_renders_from_the_sweep_json_alone(tmp_path, toy):
     for cid in json.loads((toy["out"] / "sweep.json").read_text())["cells"]:
         assert cid in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # self-contained
+
+
+def test_flat_curves_are_no_signal_not_a_trend():
+    """Curves that never move (a pass@1 stuck at 0) are said to be flat, in crossover.json's
+    new fields and in words, and a level without signal does not count toward a trend."""
+    from codediff.crossover import flat_note
+    from codediff.sweep import crossover_text
+
+    zeros = [Point(x, 0.0, 0.0) for x in GRID[:5]]
+    r = detect(zeros, zeros, higher_is_better=True, epoch_tokens=1e6)
+    assert r["status"] == "none" and r["signal"] is False
+    assert r["flat"] == {"ar": 0.0, "mdm": 0.0}
+    assert flat_note(r) == "flat at 0 for both: no signal"
+    # equal everywhere although moving: also nothing to detect
+    same = _lin(GRID[:5], 0.1, 0.01)
+    r2 = detect(same, same, higher_is_better=True)
+    assert r2["signal"] is False and r2["flat"] == {}
+    assert flat_note(r2) == "equal at every point: no signal"
+    # one flat curve: the comparison stands, the flat side is named
+    rising = [Point(x, 0.01 * i, 0.0) for i, x in enumerate(GRID[:5])]
+    r3 = detect(zeros, rising, higher_is_better=True)
+    assert r3["status"] == "crossed" and r3["signal"] is True and r3["flat"] == {"ar": 0.0}
+    assert flat_note(r3, "ar+fim") == "ar+fim flat at 0 throughout"
+    # both flat, apart: a constant gap (status as before), no trend
+    r4 = detect([Point(x, 0.1) for x in GRID[:5]], zeros, higher_is_better=True)
+    assert r4["status"] == "none" and r4["signal"] is True
+    assert flat_note(r4).startswith("both flat (ar at 0.1, mdm at 0)")
+    # moving curves carry the new fields empty
+    r5 = detect(_lin(GRID, 5.0, -0.2), _lin(GRID, 6.0, -0.5), higher_is_better=False)
+    assert r5["flat"] == {} and r5["signal"] is True and flat_note(r5) == ""
+    assert best(zeros, higher_is_better=True)["flat"] is True
+    assert best(rising, higher_is_better=True)["flat"] is False
+    # a no-signal level is left out of the trend (not "after its budget")
+    crossed = {"status": "crossed", "epochs": 3.0}
+    t = trend([(1e6, crossed), (5e6, r)], "increasing")
+    assert t["verdict"] == "too few" and t["no_signal"] == [5e6] and len(t["epochs"]) == 1
+    line = crossover_text({"comparisons": [{**r, "preset": "tiny", "unique_tokens": 5_000_000,
+                                            "seed": 0, "ar_arm": "ar", "metric": "mbpp"}]})
+    assert "mbpp: flat at 0 for both: no signal" in line and "none within" not in line
 
 
 def test_task_pass_at_1_through_generate_and_evaluate(toy, tmp_path):
