@@ -293,22 +293,33 @@ def test_trend_verdicts():
 
 # ----------------------------------------------------------------------------- summary, report
 
-def _fake_sweep(root: Path) -> Path:
+INFILL = "humaneval-infill-single:infill"
+NO_FIM = "ar model trained without fill-in-the-middle (fim_rate 0): no infill prompt"
+
+
+def _fake_sweep(root: Path, *, variant: bool = False, infill: bool = False,
+                never: bool = False) -> Path:
     """A sweep dir written by hand: U 1M and 4M (tiny) with val-loss crossovers at 4 and 8
-    epochs, and `mid` at 1M crossing at 2 epochs: the paper's two trends, by construction."""
+    epochs, and `mid` at 1M crossing at 2 epochs: the paper's two trends, by construction.
+    variant: an `ar+fim` arm beside plain `ar` for tiny at both U; infill: an infill pass@1
+    that stays at 0 for every arm that has it and is skipped for plain ar; never: mdm stays
+    behind ar on both metrics (no crossover anywhere)."""
     cells, plans = [], [("tiny", 1_000_000, 4.0, 16e6), ("tiny", 4_000_000, 8.0, 16e6),
                         ("mid", 1_000_000, 2.0, 50e6)]
     for preset, u, cross_epochs, params in plans:
         x0 = cross_epochs * u  # tokens where the lines meet
-        for obj, (a, b) in (("ar", (3.0, -0.1)), ("mdm", (3.0, -0.4))):
-            cid = f"{preset}-U{u // 10**6}M-{obj}-s0"
+        arms = [("ar", "", (3.0, -0.1)), ("mdm", "", (3.5, -0.1) if never else (3.0, -0.4))]
+        if variant and preset == "tiny":
+            arms.append(("ar", "fim", (3.0, -0.15)))
+        for obj, var, (a, b) in arms:
+            cid = f"{preset}-U{u // 10**6}M-{obj}{'-' + var if var else ''}-s0"
             cells.append(cid)
             d = root / "cells" / cid
             (d / "run").mkdir(parents=True)
             (d / "eval").mkdir()
             (d / "cell.json").write_text(json.dumps({
                 "schema": "codediff.sweep-cell/1", "id": cid, "unique_tokens": u,
-                "preset": preset, "objective": obj, "variant": "", "seed": 0,
+                "preset": preset, "objective": obj, "variant": var, "seed": 0,
                 "total_tokens": 64 * u}))
             (d / "run" / "run.json").write_text(json.dumps({
                 "epoch_tokens": u, "params": params, "total_tokens": 64 * u}))
@@ -319,10 +330,17 @@ def _fake_sweep(root: Path) -> Path:
                                                              for r in rows))
             for x in xs[::2]:
                 acc = 0.4 + (0.02 if obj == "mdm" else -0.01) * math.log(x / u)
+                if never and obj == "mdm":
+                    acc = 0.3 - 0.01 * math.log(x / u)  # below ar at every point
+                metrics = {"val_loss": {"value": a + b * math.log(x / x0)},
+                           "codechoice": {"value": acc, "stderr": 0.001}}
+                if infill:
+                    metrics[INFILL] = ({"value": None, "stderr": None, "skipped": NO_FIM}
+                                       if obj == "ar" and not var
+                                       else {"value": 0.0, "stderr": 0.0})
                 (d / "eval" / f"tokens-{x}.json").write_text(json.dumps({
                     "schema": "codediff.sweep-eval/1", "cell": cid, "tokens": x,
-                    "metrics": {"val_loss": {"value": a + b * math.log(x / x0)},
-                                "codechoice": {"value": acc, "stderr": 0.001}}}))
+                    "metrics": metrics}))
     (root / "sweep.json").write_text(json.dumps({
         "schema": "codediff.sweep/1", "name": "fake", "cells": cells,
         "corpus": {"varies": "unique_tokens only", "levels": [], "full": {}}}))
@@ -401,6 +419,43 @@ def test_flat_curves_are_no_signal_not_a_trend():
     line = crossover_text({"comparisons": [{**r, "preset": "tiny", "unique_tokens": 5_000_000,
                                             "seed": 0, "ar_arm": "ar", "metric": "mbpp"}]})
     assert "mbpp: flat at 0 for both: no signal" in line and "none within" not in line
+
+
+def test_report_shows_skipped_flat_variants_and_a_true_footer(tmp_path):
+    """Skipped metrics read "skipped (reason)" where one looks for them, the trend table has the
+    ar+fim arm, a no-signal metric says so, an empty chart is a caption, and the footer is the
+    sweep's own (no EvalPlus or Wilson interval text)."""
+    from codediff.reports.sweep import sweep_context
+
+    fake = _fake_sweep(tmp_path / "fake", variant=True, infill=True)
+    res = summarize(load_sweep(fake))
+    arms = {(t["axis"], t["ar_arm"]) for t in res["trends"] if t["metric"] == "val_loss"}
+    assert ("unique_tokens", "ar") in arms and ("unique_tokens", "ar+fim") in arms
+    flat = [c for c in res["comparisons"] if c["metric"] == INFILL]
+    assert flat and all(c["signal"] is False for c in flat)  # only ar+fim has it, at 0
+    out = tmp_path / "r.html"
+    assert main(["report", "--sweep", str(fake), "--out", str(out)]) == 0
+    html = out.read_text()
+    trend_u = html[html.index('id="trend-unique_tokens"'):]
+    trend_u = trend_u[:trend_u.index("</table>")]
+    assert "ar+fim" in trend_u
+    assert "No trend for ar+fim (measured at tiny only)" in html  # the size axis
+    assert f"skipped (ar: {NO_FIM})" in html  # the crossover table row
+    assert f"Not drawn: ar: skipped ({NO_FIM})" in html  # under the chart
+    assert f"{INFILL}: skipped ({NO_FIM})" in html  # the cells table, ar past its best
+    assert "flat at 0.0% for both: no signal" in html
+    assert "flat at 0.0%" in html.split('id="best"')[1]
+    assert "no data points" not in html and "None" not in html
+    footer = html[html.index("<footer>"):html.index("</footer>")]
+    assert html.count("<footer>") == 1 and "± one standard error" in footer
+    assert "EvalPlus" not in html and "Wilson" not in html and "pass@k" not in footer
+    # no level crosses: the trend chart is a caption, not a stray "no data points"
+    ctx = sweep_context(_fake_sweep(tmp_path / "never", never=True))
+    assert ctx["trends"] and all(t["svg"] is None for t in ctx["trends"])
+    out = tmp_path / "never.html"
+    assert main(["report", "--sweep", str(tmp_path / "never"), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "No level crossed within its budget" in html and "no data points" not in html
 
 
 def test_task_pass_at_1_through_generate_and_evaluate(toy, tmp_path):
