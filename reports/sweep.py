@@ -96,7 +96,9 @@ def _chart(series: list[tuple[str, list[tuple]]], **kw: Any) -> str | None:
 
 def _crossover_cell(c: dict) -> dict[str, str]:
     st = c["status"]
-    fmt = (lambda v: _fmt(v, c["metric"]))  # noqa: E731 - the metric's own units
+    def fmt(v: float) -> str:  # in the metric's own units (a percentage for a score)
+        return _fmt(v, c["metric"])
+
     note = flat_note(c, c.get("ar_arm", "ar"), fmt)
     if st == "none" and c.get("signal") is False:
         # both curves equal throughout (pass@1 stuck at 0): nothing was detected either way
@@ -166,13 +168,15 @@ def _curves(loaded: dict) -> list[dict]:
             for c in sorted(cells, key=_arm):
                 et = c["run"].get("epoch_tokens") or u
                 pts = c["curves"].get(metric, [])
-                if not pts and metric in skipped[_arm(c)]:
-                    # no empty legend entry: the caption says why this arm has no line
-                    skips.append(f"{_arm(c)}: skipped ({skipped[_arm(c)][metric]})")
-                    continue
-                series.append((_arm(c), _epochs(pts, et)))
-                if _arm(c).startswith("ar"):
-                    dashed.add(_arm(c))
+                name = _arm(c)
+                if not pts and metric in skipped[name]:
+                    # kept as an empty series so every arm has the same colour in every chart;
+                    # the legend says skipped, the caption says why
+                    skips.append(f"{name}: skipped ({skipped[name][metric]})")
+                    name = f"{name} (skipped)"
+                series.append((name, _epochs(pts, et)))
+                if name.startswith("ar"):
+                    dashed.add(name)
             charts.append({"title": metric_title(metric), "skipped": skips, "svg": _chart(
                 series, x_label="epochs", y_label=metric, log_x=True,
                 percent=_pct_metric(metric), dashed=dashed)})
