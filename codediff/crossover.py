@@ -28,6 +28,9 @@ from codediff.formats import read_json_or_none
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 LOWER_IS_BETTER = ("val_loss",)
+# values closer than this (relative, at least absolute for values near 0) count as equal: a
+# pass@1 that never left 0 is a constant, not a curve whose best is its first point
+FLAT_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,11 @@ class Point:
 
 def higher_is_better(metric: str) -> bool:
     return metric not in LOWER_IS_BETTER
+
+
+def _flat(values: list[float]) -> bool:
+    """Every value the same (the series never moved)."""
+    return bool(values) and max(values) - min(values) <= FLAT_TOL * max(1.0, *map(abs, values))
 
 
 def _clean(points: list[Point]) -> list[Point]:
@@ -97,11 +105,16 @@ def detect(ar: list[Point], mdm: list[Point], *, higher_is_better: bool,
     (`between`) widened to where mdm's lead plus or minus z standard errors crosses zero; its
     upper end is None when mdm is never ahead by more than z standard errors (`significant`
     False). `stays_ahead_from`: where mdm's final lead (ahead at every later point) begins, None
-    when it is not ahead at the end."""
+    when it is not ahead at the end.
+    `flat`: the curves that do not move over the compared points, each with its constant value
+    ({"ar": 0.0, "mdm": 0.0} for two pass@1 curves that never left 0; {} when both move).
+    `signal`: False when the two curves are equal at every compared point (status "none" then
+    means there was nothing to detect, not that mdm stayed behind)."""
     a, m = _clean(ar), _clean(mdm)
     out: dict[str, Any] = {"status": "no_data", "tokens": None, "epochs": None, "between": None,
                            "interval": None, "interval_epochs": None, "significant": False,
-                           "stays_ahead_from": None, "budget": None, "points": 0, "z": z}
+                           "stays_ahead_from": None, "budget": None, "points": 0, "z": z,
+                           "flat": {}, "signal": False}
     if not a or not m:
         return out
     lo, hi = max(a[0].tokens, m[0].tokens), min(a[-1].tokens, m[-1].tokens)
@@ -109,13 +122,17 @@ def detect(ar: list[Point], mdm: list[Point], *, higher_is_better: bool,
     if not xs:
         return out
     sign = 1.0 if higher_is_better else -1.0
-    ds, ses = [], []
+    ds, ses, vas, vms = [], [], [], []
     for x in xs:
         va, sa = _interp(a, x)
         vm, sm = _interp(m, x)
         ds.append(sign * (vm - va))
         ses.append(math.hypot(sa, sm))
-    out.update(budget=xs[-1], points=len(xs))
+        vas.append(va)
+        vms.append(vm)
+    out.update(budget=xs[-1], points=len(xs),
+               flat={k: v[0] for k, v in (("ar", vas), ("mdm", vms)) if _flat(v)},
+               signal=not _flat([0.0, *ds]))
     i, t = _first_positive(xs, ds)
     if i is None:
         out["status"] = "none"
@@ -144,9 +161,30 @@ def detect(ar: list[Point], mdm: list[Point], *, higher_is_better: bool,
     return out
 
 
+def flat_note(r: dict[str, Any], ar_name: str = "ar", fmt=lambda v: f"{v:.4g}") -> str:
+    """Plain words for a detect() result whose curves do not move ("" when both do): two
+    curves that never left 0 say "flat at 0 for both: no signal", not "none within the budget".
+    `fmt` formats a value (a percentage in the report)."""
+    flat = r.get("flat") or {}
+    if r.get("status") == "no_data":
+        return ""
+    if r.get("signal") is False:
+        if "ar" in flat and "mdm" in flat:
+            return f"flat at {fmt(flat['mdm'])} for both: no signal"
+        return "equal at every point: no signal"
+    if "ar" in flat and "mdm" in flat:
+        return (f"both flat ({ar_name} at {fmt(flat['ar'])}, mdm at {fmt(flat['mdm'])}): a "
+                "constant gap, no trend")
+    if flat:
+        k, v = next(iter(flat.items()))
+        return f"{ar_name if k == 'ar' else k} flat at {fmt(v)} throughout"
+    return ""
+
+
 def best(points: list[Point], *, higher_is_better: bool,
          epoch_tokens: float | None = None) -> dict[str, Any] | None:
-    """The best value of a curve and where it occurs (the earliest point on a tie)."""
+    """The best value of a curve and where it occurs (the earliest point on a tie). `flat`:
+    every point has that value, so "where" says nothing (a pass@1 that never left 0)."""
     pts = _clean(points)
     if not pts:
         return None
@@ -154,7 +192,8 @@ def best(points: list[Point], *, higher_is_better: bool,
     b = min(pts, key=key)
     return {"value": b.value, "stderr": b.stderr, "tokens": b.tokens,
             "epochs": b.tokens / epoch_tokens if epoch_tokens else None,
-            "last": pts[-1].tokens == b.tokens}
+            "last": pts[-1].tokens == b.tokens,
+            "flat": len(pts) > 1 and _flat([p.value for p in pts])}
 
 
 def trend(levels: list[tuple[float, dict[str, Any]]], expect: str) -> dict[str, Any]:
@@ -162,12 +201,16 @@ def trend(levels: list[tuple[float, dict[str, Any]]], expect: str) -> dict[str, 
 
     `levels`: (axis value, detect() result) pairs. A level without a crossover counts as "after
     the budget" (a lower bound at its budget in epochs); one where mdm leads from the start as
-    "at or before its first point" (an upper bound). Returns {"verdict", "epochs"}: verdict is
-    "consistent" (every consecutive pair moves the expected way), "opposite" (every pair moves
-    the other way), "mixed", or "too few" (under two levels with a crossover or a bound)."""
-    seq = []
+    "at or before its first point" (an upper bound); one whose curves are equal throughout
+    (`signal` False, e.g. both flat at 0) says nothing and is left out (listed in `no_signal`).
+    Returns {"verdict", "epochs", "no_signal"}: verdict is "consistent" (every consecutive pair
+    moves the expected way), "opposite" (every pair moves the other way), "mixed", or "too few"
+    (under two levels with a crossover or a bound)."""
+    seq, no_signal = [], []
     for x, r in sorted(levels, key=lambda lv: lv[0]):
-        if r.get("status") == "crossed":
+        if r.get("signal") is False and r.get("status") == "none":
+            no_signal.append(x)
+        elif r.get("status") == "crossed":
             seq.append((x, r["epochs"], "="))
         elif r.get("status") == "none" and r.get("budget_epochs") is not None:
             seq.append((x, r["budget_epochs"], ">"))
@@ -201,7 +244,8 @@ def trend(levels: list[tuple[float, dict[str, Any]]], expect: str) -> dict[str, 
     else:
         verdict = "mixed"
     return {"verdict": verdict, "expect": expect,
-            "epochs": [{"x": x, "epochs": e, "kind": k} for x, e, k in seq], "moves": moves}
+            "epochs": [{"x": x, "epochs": e, "kind": k} for x, e, k in seq], "moves": moves,
+            "no_signal": no_signal}
 
 
 # ----------------------------------------------------------------------------- a sweep dir
@@ -301,22 +345,24 @@ def summarize(loaded: dict[str, Any], z: float = Z95) -> dict[str, Any]:
                                     "ar_arm": arm, "ar_cell": c["id"], "mdm_cell": m["id"],
                                     "metric": metric, "params": c["run"].get("params"), **r})
     trends = []
-    plain = [c for c in comparisons if c["ar_arm"] == "ar"]
-    metrics = sorted({c["metric"] for c in plain})
-    for metric in metrics:
-        rows = [c for c in plain if c["metric"] == metric]
-        for (preset, seed) in sorted({(c["preset"], c["seed"]) for c in rows}):
-            lv = [(c["unique_tokens"], c) for c in rows if c["preset"] == preset
-                  and c["seed"] == seed]
-            if len(lv) >= 2:
-                trends.append({"axis": "unique_tokens", "metric": metric, "preset": preset,
-                               "seed": seed, "claim": "the crossover comes later with more "
-                               "unique data", **trend(lv, "increasing")})
-        for (u, seed) in sorted({(c["unique_tokens"], c["seed"]) for c in rows}):
-            lv = [(c["params"] or 0, c) for c in rows if c["unique_tokens"] == u
-                  and c["seed"] == seed]
-            if len({x for x, _ in lv}) >= 2:
-                trends.append({"axis": "params", "metric": metric, "unique_tokens": u,
-                               "seed": seed, "claim": "the crossover comes earlier with larger "
-                               "models", **trend(lv, "decreasing")})
+    # the plain comparison first (the paper's), then each ablation measured at two or more
+    # levels of an axis; `ar_arm` says which
+    for arm in sorted({c["ar_arm"] for c in comparisons}, key=lambda a: (a != "ar", a)):
+        of_arm = [c for c in comparisons if c["ar_arm"] == arm]
+        for metric in sorted({c["metric"] for c in of_arm}):
+            rows = [c for c in of_arm if c["metric"] == metric]
+            for (preset, seed) in sorted({(c["preset"], c["seed"]) for c in rows}):
+                lv = [(c["unique_tokens"], c) for c in rows if c["preset"] == preset
+                      and c["seed"] == seed]
+                if len(lv) >= 2:
+                    trends.append({"axis": "unique_tokens", "metric": metric, "preset": preset,
+                                   "seed": seed, "claim": "the crossover comes later with more "
+                                   "unique data", "ar_arm": arm, **trend(lv, "increasing")})
+            for (u, seed) in sorted({(c["unique_tokens"], c["seed"]) for c in rows}):
+                lv = [(c["params"] or 0, c) for c in rows if c["unique_tokens"] == u
+                      and c["seed"] == seed]
+                if len({x for x, _ in lv}) >= 2:
+                    trends.append({"axis": "params", "metric": metric, "unique_tokens": u,
+                                   "seed": seed, "claim": "the crossover comes earlier with "
+                                   "larger models", "ar_arm": arm, **trend(lv, "decreasing")})
     return {"comparisons": comparisons, "best": bests, "trends": trends, "z": z}

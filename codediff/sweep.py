@@ -408,6 +408,29 @@ def spec_vocab(spec: Spec) -> int:
     return 64 * -(-spec.corpus.vocab_size // 64)
 
 
+def check_corpus(spec: Spec) -> None:
+    """The spec's existing corpus dir ([corpus] dir) must be a corpus holding at least the
+    largest U. Checked before anything is written (and by --dry-run): found only when that level
+    is cut, it would stop the run halfway through making the sweep dir."""
+    if spec.corpus.dir is None:
+        return
+    from codediff.data import open_corpus  # numpy only
+
+    d = Path(spec.corpus.dir)
+    try:
+        n = len(open_corpus(d).train)
+    except UserError as e:
+        raise UserError(f"[corpus] dir {d}: {e}") from None
+    over = [u for u in spec.levels if u > n]
+    if over:
+        cells = [c.id for c in spec.cells if c.unique_tokens > n]
+        raise UserError(f"[corpus] dir {d} holds {n:,} training tokens ({si(n)}) and the largest "
+                        f"U asked is {si(max(over))} ({max(over):,}; {len(cells)} cell"
+                        f"{'s' if len(cells) != 1 else ''}, e.g. {cells[0]}); build a corpus "
+                        "with at least that many unique tokens or drop U = "
+                        + ", ".join(si(u) for u in over) + " from the grid")
+
+
 def check_tasks(spec: Spec) -> None:
     from codediff.harness.tasks import available_tasks, load_task
 
@@ -444,11 +467,42 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
     from codediff import options
 
     options.check_out(out, folder=True, reusable=True)
+    check_corpus(spec)
     check_tasks(spec)
     old = read_json_or_none(out / "sweep.json")
     if old is None and out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out}: the folder is not empty and is not a sweep dir; choose a "
                         "new or empty --out")
+    if old is not None:
+        return _prepare(spec, out, old, progress)
+    # a new sweep dir: sweep.json is written last, so a failure on the way (a corpus build, the
+    # code-choice set, an interrupt) would leave a folder that is neither empty nor a sweep dir,
+    # and the corrected rerun would be refused; put the folder back as it was instead
+    existed = out.is_dir()
+    try:
+        return _prepare(spec, out, None, progress)
+    except BaseException:
+        _undo_new_sweep_dir(out, existed)
+        raise
+
+
+def _undo_new_sweep_dir(out: Path, existed: bool) -> None:
+    """Remove what a failed first preparation wrote: `out` itself when it did not exist, its
+    contents when it was an empty folder (prepare refuses any other folder without sweep.json)."""
+    if (out / "sweep.json").exists():  # it got that far: a sweep dir a rerun resumes
+        return
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+    elif out.is_dir():
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+def _prepare(spec: Spec, out: Path, old: dict | None, progress: bool) -> Prepared:
+    """prepare() once the sweep dir is known to be new (`old` None) or a sweep (its manifest)."""
     if old is not None:
         schema_major(old, "sweep", str(out / "sweep.json"), "choose another --out")
         src_old = dict((old.get("corpus") or {}).get("source") or {})
@@ -472,10 +526,7 @@ def prepare(spec: Spec, out: Path, *, progress: bool = True) -> Prepared:
             out.mkdir(parents=True, exist_ok=True)
             build_full_corpus(spec, full, progress)
     else:
-        full = Path(spec.corpus.dir)
-        from codediff.data import open_corpus  # numpy only
-
-        open_corpus(full)
+        full = Path(spec.corpus.dir)  # opened and checked by check_corpus
     fh = _corpus_hashes(full)
     if old is not None:
         rec = (old.get("corpus") or {}).get("full") or {}
@@ -693,10 +744,101 @@ def _tail(path: Path, n: int = 12) -> str:
     return "\n".join("    " + x for x in lines[-n:])
 
 
+# --------------------------------------------------------------------------- status lines
+
+STATUS_EVERY = 60  # seconds between status lines while cells run (--status-every)
+
+
+def _count(n: float) -> str:
+    """A token count rounded for a status line: 12345678 -> 12.3M (si() is exact: 12.345678M)."""
+    for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{suf}"
+    return f"{n:.0f}"
+
+
+def _duration(s: float) -> str:
+    s = max(0, int(s))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _last_jsonl_row(path: Path, tail: int = 65536) -> dict | None:
+    """The last complete JSON row of a file that is being appended to, reading only its end (a
+    long run's metrics.jsonl is read every status line)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - tail))
+            data = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in reversed(data.splitlines()):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the line being written, or one cut by the seek
+        if isinstance(row, dict):
+            return row
+    return None
+
+
+def _eval_counts(d: Path, metrics: list[str]) -> tuple[int, int, int]:
+    """(checkpoints with every metric, kept checkpoints, metrics scored) of a cell dir."""
+    names = {q.name for q in (d / "run" / "checkpoints").glob("tokens-*") if q.is_dir()}
+    full = scored = 0
+    for q in (d / "eval").glob("tokens-*.json"):
+        have = set((read_json_or_none(q) or {}).get("metrics") or {}) & set(metrics)
+        names.add(q.stem)
+        scored += len(have)
+        full += len(have) == len(metrics)
+    return full, len(names), scored
+
+
+def cell_progress(out: Path, cell: Cell, step: str, metrics: list[str]) -> str:
+    """What a running cell has done so far, from its files alone: tokens trained of its budget
+    (with the rate and time left the trainer last logged), or checkpoints and metrics scored."""
+    d = cell_dir(out, cell.id)
+    if step == "train":
+        row = _last_jsonl_row(d / "run" / "metrics.jsonl") or {}
+        t = row.get("tokens")
+        total = cell.total_tokens
+        if not isinstance(t, int | float):
+            return f"training: starting ({_count(total)} tokens to train)"
+        text = f"training: {_count(t)}/{_count(total)} tokens ({100 * t / total:.0f}%)"
+        if isinstance(row.get("epochs"), int | float):
+            text += f", {row['epochs']:.3g} epochs"
+        if isinstance(row.get("train_loss"), int | float):
+            text += f", loss {row['train_loss']:.3f}"
+        rate = row.get("tokens_per_s")
+        if isinstance(rate, int | float) and rate > 0:
+            text += f", {_count(rate)} tok/s, ~{_duration((total - t) / rate)} left"
+        return text
+    full, n, scored = _eval_counts(d, metrics)
+    return (f"scoring: {full}/{n} checkpoints done, {scored}/{n * len(metrics)} metrics"
+            if n else "scoring: starting")
+
+
+def status_text(p: Prepared, running: dict[str, tuple[Cell, str, float]], *, waiting: int,
+                finished: int, total: int, elapsed: float, now: float) -> str:
+    """The periodic status: one line for the sweep, then one per running cell. Printed whole by
+    the scheduler's thread alone, so the lines of cells running at once never interleave."""
+    lines = [f"sweep: {_duration(elapsed)}: {finished}/{total} cells finished, "
+             f"{len(running)} running, {waiting} waiting"]
+    for cid, (cell, step, since) in sorted(running.items()):
+        lines.append(f"sweep:   {cid} {cell_progress(p.out, cell, step, p.spec.eval.metrics)}"
+                     f" [{step} for {_duration(now - since)}]")
+    return "\n".join(lines)
+
+
 def run_cells(p: Prepared, cells: list[Cell], *, gpus: list[str], parallel: int,
-              stage: str, progress: bool) -> list[str]:
+              stage: str, progress: bool, status_every: float = STATUS_EVERY) -> list[str]:
     """Train and/or evaluate `cells`, at most `parallel` per GPU; returns the failed cell ids.
-    Finished work is skipped; a failed cell does not stop the others."""
+    Finished work is skipped; a failed cell does not stop the others. With `progress`, a line
+    when each cell starts and ends, and every `status_every` seconds (0: never) the status of
+    each running cell (its processes write to their logs, not to the terminal)."""
     metrics = p.spec.eval.metrics
     for c in cells:
         if c.gpus > max(1, len(gpus)):
@@ -727,6 +869,8 @@ def run_cells(p: Prepared, cells: list[Cell], *, gpus: list[str], parallel: int,
     procs: dict[str, subprocess.Popen] = {}
     lock = threading.Lock()
     failed: list[str] = []
+    # cell id -> (cell, the step it is in, when that step began): what the status lines read
+    active: dict[str, tuple[Cell, str, float]] = {}
 
     def work(c: Cell, steps: list[str], gs: list[str]) -> None:
         env = dict(os.environ)
@@ -734,7 +878,10 @@ def run_cells(p: Prepared, cells: list[Cell], *, gpus: list[str], parallel: int,
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gs)
         rc = 0
         for step in steps:
-            cmd = train_command(p, c) if step == "train" else eval_command(p, c)
+            # scoring writes a line per metric and checkpoint to eval.log (the terminal gets
+            # the status lines); training stays --no-progress: a bar in a log file is noise,
+            # and metrics.jsonl has every logged step
+            cmd = train_command(p, c) if step == "train" else eval_command(p, c, progress=True)
             log = cell_dir(p.out, c.id) / f"{step}.log"
             with open(log, "a") as f:
                 f.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
@@ -742,9 +889,12 @@ def run_cells(p: Prepared, cells: list[Cell], *, gpus: list[str], parallel: int,
                 proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
                 with lock:
                     procs[c.id] = proc
+                    active[c.id] = (c, step, time.time())
                 rc = proc.wait()
             if rc != 0:
                 break
+        with lock:
+            active.pop(c.id, None)
         done_q.put((c, steps, gs, rc))
 
     pending = deque(jobs)
@@ -768,7 +918,21 @@ def run_cells(p: Prepared, cells: list[Cell], *, gpus: list[str], parallel: int,
                         print(f"sweep: start {job[0].id} ({' + '.join(job[1])}) on {where}",
                               file=sys.stderr, flush=True)
                     threading.Thread(target=work, args=(*job, gs), daemon=True).start()
-            c, steps, gs, rc = done_q.get()
+            next_status = time.time() + status_every
+            while True:
+                wait = max(0.05, next_status - time.time()) if progress and status_every > 0 \
+                    else None
+                try:
+                    c, steps, gs, rc = done_q.get(timeout=wait)
+                    break
+                except queue.Empty:
+                    now = time.time()
+                    with lock:
+                        snapshot = dict(active)
+                    print(status_text(p, snapshot, waiting=len(pending), finished=finished,
+                                      total=total, elapsed=now - t0, now=now),
+                          file=sys.stderr, flush=True)
+                    next_status = now + status_every
             running -= 1
             finished += 1
             slots.give(gs, c.gpus)
@@ -801,8 +965,12 @@ def summarize_dir(out: Path) -> dict[str, Any]:
 
 
 def crossover_text(res: dict[str, Any]) -> str:
+    from codediff.crossover import flat_note
+
     lines = []
     for c in res["comparisons"]:
+        # curves that never moved (a pass@1 stuck at 0) are said to be flat, not read as a trend
+        note = flat_note(c, c["ar_arm"])
         head = (f"{c['preset']} U={si(c['unique_tokens'])} s{c['seed']} {c['ar_arm']} vs mdm, "
                 f"{c['metric']}: ")
         if c["status"] == "crossed":
@@ -824,8 +992,13 @@ def crossover_text(res: dict[str, Any]) -> str:
                           else f"; stays ahead from {stays:.3g} epochs")
             if not c.get("significant"):
                 lines[-1] += f"; never ahead by more than {c.get('z', 1.96):.3g} s.e."
+            if note:
+                lines[-1] += f"; {note}"
+        elif c["status"] == "none" and c.get("signal") is False:
+            lines.append(head + f"{note} (up to {si(c['budget'])} tokens)")
         elif c["status"] == "none":
-            lines.append(head + f"none within the budget ({si(c['budget'])} tokens)")
+            lines.append(head + f"none within the budget ({si(c['budget'])} tokens)"
+                         + (f"; {note}" if note else ""))
         else:
             lines.append(head + "no shared points yet")
     return "\n".join(lines)

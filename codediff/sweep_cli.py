@@ -52,6 +52,10 @@ class SweepOptions:
                                      "bubblewrap (`codediff evaluate --unsafe-no-sandbox`; only "
                                      "on a throwaway machine)")
     progress: bool = option(True, help="progress lines", false_aliases=("--quiet",))
+    status_every: int = option(60, min=0, metavar="SECONDS", help="while cells run: every "
+                               "this many seconds one line per running cell (tokens trained of "
+                               "its budget, rate and time left; checkpoints scored); 0: only "
+                               "the start and end of each cell")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
 
     gpus = sweep.visible_gpus(o.gpus) if not (o.dry_run or o.emit) else []
     if o.dry_run:
-        sweep.check_tasks(spec)  # what the run would refuse, the plan refuses too
+        # what the run would refuse, the plan refuses too (the whole spec: the run prepares
+        # every level, whatever --cells picks)
+        sweep.check_corpus(spec)
+        sweep.check_tasks(spec)
         spec.cells = cells
         plans = sweep.plan_cells(spec, sweep.spec_vocab(spec), rates,
                                  out if (out / "sweep.json").is_file() else None)
@@ -144,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         print(sweep.slurm_text(prepared, cells))
         return 0
     failed = sweep.run_cells(prepared, cells, gpus=gpus, parallel=o.parallel, stage=o.stage,
-                             progress=o.progress)
+                             progress=o.progress, status_every=o.status_every)
     res = sweep.summarize_dir(out)
     if o.progress:
         print(sweep.crossover_text(res), file=sys.stderr)

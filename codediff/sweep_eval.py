@@ -109,7 +109,7 @@ def evaluate_cell(spec: Spec, out: Path, cell_id: str, *, device: str | None = N
                     "objective": meta["objective"], "tokens": meta["tokens"],
                     "epochs": meta.get("epochs"), "step": meta.get("step")})
         have = rec.setdefault("metrics", {})
-        save = _saver(path, rec)
+        save = _saver(path, rec, f"{cell_id} {name}" if progress else None)
 
         # ---- validation loss
         if ev.val_loss:
@@ -178,12 +178,19 @@ def evaluate_cell(spec: Spec, out: Path, cell_id: str, *, device: str | None = N
     return written
 
 
-def _saver(path: Path, rec: dict):
+def _saver(path: Path, rec: dict, say: str | None = None):
     """save(metric, value): put one metric into the checkpoint's record and rewrite the file
-    (atomically), so a kill loses at most the metric being computed."""
+    (atomically), so a kill loses at most the metric being computed. With `say` (the cell and
+    checkpoint), one line per metric as it lands: what a sweep's eval.log shows."""
     def save(metric: str, value: dict) -> None:
         rec["metrics"][metric] = value
         atomic_write_json(path, rec)
+        if say is not None:
+            v = value.get("value")
+            got = (f"skipped ({value['skipped']})" if value.get("skipped") else
+                   "no value" if v is None else f"{v:.4g}")
+            print(f"{say}: {metric} {got} ({value.get('seconds', 0):.1f} s)", file=sys.stderr,
+                  flush=True)
     return save
 
 

@@ -273,7 +273,8 @@ def test_crossover_none_from_start_noise_and_best():
                [Point(x, 0.52, 0.05) for x in GRID[:4]], higher_is_better=True)
     assert r["status"] == "from_start" and not r["significant"] and r["interval"][1] is None
     b = best(_lin(GRID, 1.0, 0.1) + [Point(5e8, 0.2)], higher_is_better=False, epoch_tokens=1e8)
-    assert b == {"value": 0.2, "stderr": None, "tokens": 5e8, "epochs": 5.0, "last": False}
+    assert b == {"value": 0.2, "stderr": None, "tokens": 5e8, "epochs": 5.0, "last": False,
+                 "flat": False}
     assert detect([], mdm, higher_is_better=False)["status"] == "no_data"
 
 
@@ -292,22 +293,33 @@ def test_trend_verdicts():
 
 # ----------------------------------------------------------------------------- summary, report
 
-def _fake_sweep(root: Path) -> Path:
+INFILL = "humaneval-infill-single:infill"
+NO_FIM = "ar model trained without fill-in-the-middle (fim_rate 0): no infill prompt"
+
+
+def _fake_sweep(root: Path, *, variant: bool = False, infill: bool = False,
+                never: bool = False) -> Path:
     """A sweep dir written by hand: U 1M and 4M (tiny) with val-loss crossovers at 4 and 8
-    epochs, and `mid` at 1M crossing at 2 epochs: the paper's two trends, by construction."""
+    epochs, and `mid` at 1M crossing at 2 epochs: the paper's two trends, by construction.
+    variant: an `ar+fim` arm beside plain `ar` for tiny at both U; infill: an infill pass@1
+    that stays at 0 for every arm that has it and is skipped for plain ar; never: mdm stays
+    behind ar on both metrics (no crossover anywhere)."""
     cells, plans = [], [("tiny", 1_000_000, 4.0, 16e6), ("tiny", 4_000_000, 8.0, 16e6),
                         ("mid", 1_000_000, 2.0, 50e6)]
     for preset, u, cross_epochs, params in plans:
         x0 = cross_epochs * u  # tokens where the lines meet
-        for obj, (a, b) in (("ar", (3.0, -0.1)), ("mdm", (3.0, -0.4))):
-            cid = f"{preset}-U{u // 10**6}M-{obj}-s0"
+        arms = [("ar", "", (3.0, -0.1)), ("mdm", "", (3.5, -0.1) if never else (3.0, -0.4))]
+        if variant and preset == "tiny":
+            arms.append(("ar", "fim", (3.0, -0.15)))
+        for obj, var, (a, b) in arms:
+            cid = f"{preset}-U{u // 10**6}M-{obj}{'-' + var if var else ''}-s0"
             cells.append(cid)
             d = root / "cells" / cid
             (d / "run").mkdir(parents=True)
             (d / "eval").mkdir()
             (d / "cell.json").write_text(json.dumps({
                 "schema": "codediff.sweep-cell/1", "id": cid, "unique_tokens": u,
-                "preset": preset, "objective": obj, "variant": "", "seed": 0,
+                "preset": preset, "objective": obj, "variant": var, "seed": 0,
                 "total_tokens": 64 * u}))
             (d / "run" / "run.json").write_text(json.dumps({
                 "epoch_tokens": u, "params": params, "total_tokens": 64 * u}))
@@ -318,10 +330,17 @@ def _fake_sweep(root: Path) -> Path:
                                                              for r in rows))
             for x in xs[::2]:
                 acc = 0.4 + (0.02 if obj == "mdm" else -0.01) * math.log(x / u)
+                if never and obj == "mdm":
+                    acc = 0.3 - 0.01 * math.log(x / u)  # below ar at every point
+                metrics = {"val_loss": {"value": a + b * math.log(x / x0)},
+                           "codechoice": {"value": acc, "stderr": 0.001}}
+                if infill:
+                    metrics[INFILL] = ({"value": None, "stderr": None, "skipped": NO_FIM}
+                                       if obj == "ar" and not var
+                                       else {"value": 0.0, "stderr": 0.0})
                 (d / "eval" / f"tokens-{x}.json").write_text(json.dumps({
                     "schema": "codediff.sweep-eval/1", "cell": cid, "tokens": x,
-                    "metrics": {"val_loss": {"value": a + b * math.log(x / x0)},
-                                "codechoice": {"value": acc, "stderr": 0.001}}}))
+                    "metrics": metrics}))
     (root / "sweep.json").write_text(json.dumps({
         "schema": "codediff.sweep/1", "name": "fake", "cells": cells,
         "corpus": {"varies": "unique_tokens only", "levels": [], "full": {}}}))
@@ -361,6 +380,82 @@ def test_report_renders_from_the_sweep_json_alone(tmp_path, toy):
     for cid in json.loads((toy["out"] / "sweep.json").read_text())["cells"]:
         assert cid in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # self-contained
+
+
+def test_flat_curves_are_no_signal_not_a_trend():
+    """Curves that never move (a pass@1 stuck at 0) are said to be flat, in crossover.json's
+    new fields and in words, and a level without signal does not count toward a trend."""
+    from codediff.crossover import flat_note
+    from codediff.sweep import crossover_text
+
+    zeros = [Point(x, 0.0, 0.0) for x in GRID[:5]]
+    r = detect(zeros, zeros, higher_is_better=True, epoch_tokens=1e6)
+    assert r["status"] == "none" and r["signal"] is False
+    assert r["flat"] == {"ar": 0.0, "mdm": 0.0}
+    assert flat_note(r) == "flat at 0 for both: no signal"
+    # equal everywhere although moving: also nothing to detect
+    same = _lin(GRID[:5], 0.1, 0.01)
+    r2 = detect(same, same, higher_is_better=True)
+    assert r2["signal"] is False and r2["flat"] == {}
+    assert flat_note(r2) == "equal at every point: no signal"
+    # one flat curve: the comparison stands, the flat side is named
+    rising = [Point(x, 0.01 * i, 0.0) for i, x in enumerate(GRID[:5])]
+    r3 = detect(zeros, rising, higher_is_better=True)
+    assert r3["status"] == "crossed" and r3["signal"] is True and r3["flat"] == {"ar": 0.0}
+    assert flat_note(r3, "ar+fim") == "ar+fim flat at 0 throughout"
+    # both flat, apart: a constant gap (status as before), no trend
+    r4 = detect([Point(x, 0.1) for x in GRID[:5]], zeros, higher_is_better=True)
+    assert r4["status"] == "none" and r4["signal"] is True
+    assert flat_note(r4).startswith("both flat (ar at 0.1, mdm at 0)")
+    # moving curves carry the new fields empty
+    r5 = detect(_lin(GRID, 5.0, -0.2), _lin(GRID, 6.0, -0.5), higher_is_better=False)
+    assert r5["flat"] == {} and r5["signal"] is True and flat_note(r5) == ""
+    assert best(zeros, higher_is_better=True)["flat"] is True
+    assert best(rising, higher_is_better=True)["flat"] is False
+    # a no-signal level is left out of the trend (not "after its budget")
+    crossed = {"status": "crossed", "epochs": 3.0}
+    t = trend([(1e6, crossed), (5e6, r)], "increasing")
+    assert t["verdict"] == "too few" and t["no_signal"] == [5e6] and len(t["epochs"]) == 1
+    line = crossover_text({"comparisons": [{**r, "preset": "tiny", "unique_tokens": 5_000_000,
+                                            "seed": 0, "ar_arm": "ar", "metric": "mbpp"}]})
+    assert "mbpp: flat at 0 for both: no signal" in line and "none within" not in line
+
+
+def test_report_shows_skipped_flat_variants_and_a_true_footer(tmp_path):
+    """Skipped metrics read "skipped (reason)" where one looks for them, the trend table has the
+    ar+fim arm, a no-signal metric says so, an empty chart is a caption, and the footer is the
+    sweep's own (no EvalPlus or Wilson interval text)."""
+    from codediff.reports.sweep import sweep_context
+
+    fake = _fake_sweep(tmp_path / "fake", variant=True, infill=True)
+    res = summarize(load_sweep(fake))
+    arms = {(t["axis"], t["ar_arm"]) for t in res["trends"] if t["metric"] == "val_loss"}
+    assert ("unique_tokens", "ar") in arms and ("unique_tokens", "ar+fim") in arms
+    flat = [c for c in res["comparisons"] if c["metric"] == INFILL]
+    assert flat and all(c["signal"] is False for c in flat)  # only ar+fim has it, at 0
+    out = tmp_path / "r.html"
+    assert main(["report", "--sweep", str(fake), "--out", str(out)]) == 0
+    html = out.read_text()
+    trend_u = html[html.index('id="trend-unique_tokens"'):]
+    trend_u = trend_u[:trend_u.index("</table>")]
+    assert "ar+fim" in trend_u
+    assert "No trend for ar+fim (measured at tiny only)" in html  # the size axis
+    assert f"skipped (ar: {NO_FIM})" in html  # the crossover table row
+    assert f"Not drawn: ar: skipped ({NO_FIM})" in html  # under the chart
+    assert f"{INFILL}: skipped ({NO_FIM})" in html  # the cells table, ar past its best
+    assert "flat at 0.0% for both: no signal" in html
+    assert "flat at 0.0%" in html.split('id="best"')[1]
+    assert "no data points" not in html and "None" not in html
+    footer = html[html.index("<footer>"):html.index("</footer>")]
+    assert html.count("<footer>") == 1 and "± one standard error" in footer
+    assert "EvalPlus" not in html and "Wilson" not in html and "pass@k" not in footer
+    # no level crosses: the trend chart is a caption, not a stray "no data points"
+    ctx = sweep_context(_fake_sweep(tmp_path / "never", never=True))
+    assert ctx["trends"] and all(t["svg"] is None for t in ctx["trends"])
+    out = tmp_path / "never.html"
+    assert main(["report", "--sweep", str(tmp_path / "never"), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "No level crossed within its budget" in html and "no data points" not in html
 
 
 def test_task_pass_at_1_through_generate_and_evaluate(toy, tmp_path):
@@ -518,3 +613,92 @@ def test_missing_task_data_refused_before_training(tmp_path):
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
         assert "eval.tasks: humaneval-infill-single: " in r.stderr
         assert not (tmp_path / "o").exists()
+
+
+def test_u_larger_than_the_corpus_dir_is_refused_before_anything_is_written(tmp_path, capsys):
+    """A U the spec's corpus dir cannot hold is refused by --dry-run and by the run, in one line
+    naming the corpus, its size and the largest U, before the sweep dir exists."""
+    spec = _spec(tmp_path)
+    n = json.loads((tmp_path / "corpus" / "manifest.json").read_text())["train"]["tokens"]
+    spec.write_text(spec.read_text().replace('["20k", "40k"]', '["20k", "40k", "50M"]'))
+    out = tmp_path / "o"
+    for extra in (["--dry-run"], ["--gpus", "none"], ["--emit", "commands"]):
+        assert main(["sweep", str(spec), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"[corpus] dir {tmp_path / 'corpus'} holds {n:,} training tokens" in err
+        assert "the largest U asked is 50M (50,000,000" in err and "drop U = 50M" in err
+        assert not out.exists()
+
+
+def test_a_failed_first_preparation_leaves_nothing_that_blocks_the_rerun(tmp_path, capsys):
+    """A failure while the sweep dir is being made (here: the code-choice file, checked after
+    the nested corpora are cut) puts --out back as it was, so the corrected rerun goes on."""
+    spec = _spec(tmp_path)
+    good = spec.read_text()
+    missing = tmp_path / "missing.jsonl"
+    spec.write_text(good.replace(str(tmp_path / "choices.jsonl"), str(missing)))
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    for out in (new, empty):
+        assert main(["sweep", str(spec), "--out", str(out), "--emit", "commands",
+                     "--no-progress"]) == 2
+        assert "eval.codechoice.file" in capsys.readouterr().err
+    assert not new.exists() and list(empty.iterdir()) == []
+    spec.write_text(good)
+    for out in (new, empty):
+        assert main(["sweep", str(spec), "--out", str(out), "--emit", "commands",
+                     "--no-progress"]) == 0
+        assert (out / "sweep.json").is_file()
+    capsys.readouterr()
+
+
+FAKE_TRAIN = """
+import json, sys, time
+from pathlib import Path
+run, total = Path(sys.argv[1]), int(sys.argv[2])
+run.mkdir(parents=True, exist_ok=True)
+(run / "run.json").write_text(json.dumps({"steps": 4, "total_tokens": total}))
+for step in range(1, 5):
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "tokens": step * total // 4, "epochs": step / 4,
+                            "train_loss": 5.0 - step, "tokens_per_s": 1000.0}) + "\\n")
+    time.sleep(0.5)
+"""
+
+
+def test_status_lines_while_cells_run(tmp_path, monkeypatch, capsys):
+    """Cells running at once are reported in whole lines, one per cell, every --status-every
+    seconds (tokens trained of the budget, rate and time left), by the scheduler alone; the
+    scoring progress of a cell is read from its eval files."""
+    from codediff import sweep
+    from codediff.sweep_spec import load_spec
+
+    spec = load_spec(_spec(tmp_path))
+    out = tmp_path / "out"
+    cells = [c for c in spec.cells if c.unique_tokens == 20_000]
+    for c in cells:
+        sweep.cell_dir(out, c.id).mkdir(parents=True)
+    p = sweep.Prepared(out, spec, {}, {}, 512, {})
+    monkeypatch.setattr(sweep, "train_command", lambda p, c, python=True: [
+        sys.executable, "-c", FAKE_TRAIN, str(sweep.cell_dir(p.out, c.id) / "run"),
+        str(c.total_tokens)])
+    failed = sweep.run_cells(p, cells, gpus=[], parallel=2, stage="train", progress=True,
+                             status_every=0.2)
+    assert failed == []
+    err = capsys.readouterr().err
+    assert all(ln.startswith("sweep:") for ln in err.splitlines()), err
+    assert "cells finished, 2 running, 0 waiting" in err
+    for c in cells:
+        lines = [ln for ln in err.splitlines() if ln.startswith(f"sweep:   {c.id} training: ")]
+        assert any("k/16k tokens (" in ln and "1k tok/s, ~" in ln and "[train for " in ln
+                   for ln in lines), err
+    # a cell being scored: checkpoints with every metric, and metrics so far
+    d = sweep.cell_dir(out, cells[0].id)
+    (d / "eval").mkdir()
+    for n, have in ((100, ["val_loss", "codechoice"]), (200, ["val_loss"])):
+        (d / "run" / "checkpoints" / f"tokens-{n}").mkdir(parents=True)
+        (d / "eval" / f"tokens-{n}.json").write_text(json.dumps(
+            {"metrics": {k: {"value": 0.5} for k in have}}))
+    assert sweep.cell_progress(out, cells[0], "eval", spec.eval.metrics) == \
+        "scoring: 1/2 checkpoints done, 3/4 metrics"
