@@ -196,32 +196,29 @@ def best(points: list[Point], *, higher_is_better: bool,
             "flat": len(pts) > 1 and _flat([p.value for p in pts])}
 
 
-def trend(levels: list[tuple[float, dict[str, Any]]], expect: str) -> dict[str, Any]:
-    """Do crossover epochs rise ("increasing") or fall ("decreasing") along an axis?
+def _lasting(r: dict[str, Any]) -> tuple[float | None, float | None, str] | None:
+    """(tokens, epochs, kind) of a level's lasting crossover: where mdm's final lead begins
+    ("="), mdm ahead at every compared point ("<": by the first point, an upper bound), or mdm
+    behind or level at the end (">": after the budget, a lower bound); None without data."""
+    if r.get("status") == "no_data" or r.get("budget") is None:
+        return None
+    tokens = r.get("stays_ahead_from")
+    if tokens is None:
+        return r["budget"], r.get("budget_epochs"), ">"
+    epochs = r.get("stays_ahead_from_epochs")
+    if r.get("status") == "from_start" and tokens == r.get("tokens"):
+        return tokens, epochs, "<"
+    return tokens, epochs, "="
 
-    `levels`: (axis value, detect() result) pairs. A level without a crossover counts as "after
-    the budget" (a lower bound at its budget in epochs); one where mdm leads from the start as
-    "at or before its first point" (an upper bound); one whose curves are equal throughout
-    (`signal` False, e.g. both flat at 0) says nothing and is left out (listed in `no_signal`).
-    Returns {"verdict", "epochs", "no_signal"}: verdict is "consistent" (every consecutive pair
-    moves the expected way), "opposite" (every pair moves the other way), "mixed", or "too few"
-    (under two levels with a crossover or a bound)."""
-    seq, no_signal = [], []
-    for x, r in sorted(levels, key=lambda lv: lv[0]):
-        if r.get("signal") is False and r.get("status") == "none":
-            no_signal.append(x)
-        elif r.get("status") == "crossed":
-            seq.append((x, r["epochs"], "="))
-        elif r.get("status") == "none" and r.get("budget_epochs") is not None:
-            seq.append((x, r["budget_epochs"], ">"))
-        elif r.get("status") == "from_start" and r.get("epochs") is not None:
-            seq.append((x, r["epochs"], "<"))
+
+def _moves(seq: list[tuple[float, float | None, str]]) -> list[str]:
+    """The direction of each consecutive pair of (x, value, kind) levels, "unknown" where a bound
+    can be read either way."""
     moves = []
     for (_, e1, k1), (_, e2, k2) in zip(seq, seq[1:], strict=False):
         if e1 is None or e2 is None:
-            continue
-        # a bound tells a direction only where it cannot be read the other way
-        if k1 == "=" and k2 == "=":
+            moves.append("unknown")
+        elif k1 == "=" and k2 == "=":
             moves.append("up" if e2 > e1 else "down" if e2 < e1 else "flat")
         elif k2 == ">" and e2 >= e1 and k1 in ("=", "<"):
             moves.append("up")
@@ -233,19 +230,49 @@ def trend(levels: list[tuple[float, dict[str, Any]]], expect: str) -> dict[str, 
             moves.append("up")
         else:
             moves.append("unknown")
+    return moves
+
+
+def _verdict(moves: list[str], expect: str) -> str:
     want = "up" if expect == "increasing" else "down"
     other = "down" if want == "up" else "up"
     if not moves or all(mv == "unknown" for mv in moves):
-        verdict = "too few"
-    elif all(mv == want for mv in moves):
-        verdict = "consistent"
-    elif all(mv == other for mv in moves):
-        verdict = "opposite"
-    else:
-        verdict = "mixed"
-    return {"verdict": verdict, "expect": expect,
-            "epochs": [{"x": x, "epochs": e, "kind": k} for x, e, k in seq], "moves": moves,
-            "no_signal": no_signal}
+        return "too few"
+    if all(mv == want for mv in moves):
+        return "consistent"
+    if all(mv == other for mv in moves):
+        return "opposite"
+    return "mixed"
+
+
+def trend(levels: list[tuple[float, dict[str, Any]]], expect: str) -> dict[str, Any]:
+    """Does the crossover come later ("increasing") or earlier ("decreasing") along an axis?
+
+    `levels`: (axis value, detect() result) pairs. Each level's crossover here is the *lasting*
+    one (`stays_ahead_from`: where mdm's final lead begins), not the first lead: near the random
+    start an `mdm` ELBO or a code-choice score is often ahead for a checkpoint or two, which says
+    nothing about learning. A level where mdm is behind or level at the end counts as "after the
+    budget" (a lower bound), one where mdm leads at every point as "by the first point" (an upper
+    bound); one whose curves are equal throughout (`signal` False, e.g. both flat at 0) says
+    nothing and is left out (listed in `no_signal`).
+    The verdict is read in training tokens (`verdict`: every cell of a sweep has the same token
+    budget, and the paper's "later" is later in training) and in epochs (`verdict_epochs`): along
+    U the two differ, since one epoch is U tokens. Each is "consistent" (every consecutive pair
+    moves the expected way), "opposite", "mixed", or "too few" (no pair with a direction)."""
+    seq, no_signal = [], []
+    for x, r in sorted(levels, key=lambda lv: lv[0]):
+        if r.get("signal") is False and r.get("status") == "none":
+            no_signal.append(x)
+            continue
+        lasting = _lasting(r)
+        if lasting is not None:
+            seq.append((x, *lasting))
+    by_tokens = _moves([(x, t, k) for x, t, _, k in seq])
+    by_epochs = _moves([(x, e, k) for x, _, e, k in seq])
+    return {"verdict": _verdict(by_tokens, expect), "verdict_epochs": _verdict(by_epochs, expect),
+            "expect": expect, "basis": "lasting",
+            "epochs": [{"x": x, "tokens": t, "epochs": e, "kind": k} for x, t, e, k in seq],
+            "moves": by_tokens, "moves_epochs": by_epochs, "no_signal": no_signal}
 
 
 # ----------------------------------------------------------------------------- a sweep dir

@@ -22,9 +22,9 @@ from codediff.errors import UserError
 
 METRIC_TITLES = {"val_loss": "validation loss (nats/token; AR NLL, MDM negative ELBO)",
                  "codechoice": "code choice accuracy (AR exact, MDM coupled ELBO)"}
-CLAIMS = {"unique_tokens": "The paper: the crossover comes later (more epochs) with more unique "
+CLAIMS = {"unique_tokens": "The paper: the crossover comes later in training with more unique "
                            "data.",
-          "params": "The paper: the crossover comes earlier (fewer epochs) with larger models."}
+          "params": "The paper: the crossover comes earlier in training with larger models."}
 VERDICTS = {"consistent": "consistent with the claim", "opposite": "the opposite of the claim",
             "mixed": "mixed (not monotone)", "too few": "too few crossings to tell"}
 # base.html's footer describes the results report (pass@k estimator, EvalPlus plus columns,
@@ -181,7 +181,7 @@ def _curves(loaded: dict) -> list[dict]:
                 series, x_label="epochs", y_label=metric, log_x=True,
                 percent=_pct_metric(metric), dashed=dashed)})
         out.append({"title": f"{preset}, U = {si(u)}" + (f", seed {seed}" if seed else ""),
-                    "charts": charts})
+                    "charts": charts, "cells": sorted(c["id"] for c in cells)})
     return out
 
 
@@ -215,22 +215,31 @@ def _trend_charts(summary: dict) -> list[dict]:
             name = (t["metric"] + (f" ({t['preset']}" if axis == "unique_tokens"
                                    else f" (U = {si(t['unique_tokens'])}")
                     + ("" if arm == "ar" else f", {arm}") + ")")
-            series.append((name, [(e["x"], e["epochs"]) for e in t["epochs"]
-                                  if e["kind"] == "=" and e["x"]]))
+            # tokens, the verdict's unit: every cell has the same budget (along U, epochs differ
+            # from tokens by the factor U; the table gives both)
+            series.append((name, [(e["x"], e.get("tokens")) for e in t["epochs"]
+                                  if e["kind"] == "=" and e["x"] and e.get("tokens")]))
         rows = []
         for t in trends:
             where = t.get("preset") if axis == "unique_tokens" else f"U = {si(t['unique_tokens'])}"
             kinds = {"=": "", ">": "after ", "<": "by "}
-            parts = [(e["x"], f"{level(e['x'])}: {kinds.get(e['kind'], '')}{_e(e['epochs'])}")
-                     for e in t["epochs"]]
+            parts = []
+            for e in t["epochs"]:
+                at = f"{_e(e['epochs'])} epochs"
+                if e.get("tokens"):
+                    at += f" ({si(round(e['tokens']))} tokens)"
+                parts.append((e["x"], f"{level(e['x'])}: {kinds.get(e['kind'], '')}{at}"))
             parts += [(x, f"{level(x)}: no signal") for x in t.get("no_signal", [])]
             levels = "; ".join(text for _, text in sorted(parts, key=lambda p: p[0]))
+            verdict = VERDICTS.get(t["verdict"], t["verdict"])
+            if "verdict_epochs" in t:
+                verdict = (f"in tokens: {verdict}; in epochs: "
+                           + VERDICTS.get(t["verdict_epochs"], t["verdict_epochs"]))
             rows.append({"metric": t["metric"], "arm": t.get("ar_arm", "ar"), "where": where,
-                         "levels": levels or "–",
-                         "verdict": VERDICTS.get(t["verdict"], t["verdict"])})
+                         "levels": levels or "–", "verdict": verdict})
         out.append({"axis": axis, "claim": CLAIMS[axis], "rows": rows, "single": single,
                     "svg": _chart(
-            series, x_label=x_label, y_label="crossover epochs", log_x=True)})
+            series, x_label=x_label, y_label="lasting crossover (tokens)", log_x=True)})
     return out
 
 

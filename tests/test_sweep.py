@@ -278,17 +278,51 @@ def test_crossover_none_from_start_noise_and_best():
     assert detect([], mdm, higher_is_better=False)["status"] == "no_data"
 
 
+def _level(u: float, epochs: float | None, *, budget_epochs: float = 40.0,
+           first_lead: bool = False) -> dict:
+    """A detect() result at unique tokens `u` whose lasting crossover is at `epochs` (None: mdm
+    behind at the end); first_lead: mdm also led at the first point (near the random start)."""
+    first = 0.05 * u
+    r = {"status": "from_start" if first_lead else ("crossed" if epochs else "none"),
+         "tokens": first if first_lead else (epochs * u if epochs else None),
+         "stays_ahead_from": epochs * u if epochs else None,
+         "stays_ahead_from_epochs": epochs, "budget": budget_epochs * u,
+         "budget_epochs": budget_epochs, "signal": True}
+    r["epochs"] = r["tokens"] / u if r["tokens"] else None
+    return r
+
+
 def test_trend_verdicts():
-    def c(e):
-        return {"status": "crossed", "epochs": e}
-    assert trend([(1e6, c(3)), (5e6, c(6)), (25e6, c(9))], "increasing")["verdict"] == \
-        "consistent"
-    assert trend([(1e6, c(9)), (5e6, c(6))], "increasing")["verdict"] == "opposite"
-    assert trend([(1, c(3)), (2, c(6)), (3, c(4))], "increasing")["verdict"] == "mixed"
-    # no crossover within 8 epochs at the largest U, after one at 6: later, as claimed
-    none8 = {"status": "none", "budget_epochs": 8}
-    assert trend([(1e6, c(6)), (25e6, none8)], "increasing")["verdict"] == "consistent"
-    assert trend([(1e6, c(6))], "increasing")["verdict"] == "too few"
+    c = _level
+    assert trend([(1e6, c(1e6, 3)), (5e6, c(5e6, 6)), (25e6, c(25e6, 9))],
+                 "increasing")["verdict"] == "consistent"
+    assert trend([(1e6, c(1e6, 9)), (5e6, c(5e6, 1))], "increasing")["verdict"] == "opposite"
+    assert trend([(1, c(1, 3)), (2, c(2, 6)), (3, c(3, 1))], "increasing")["verdict"] == "mixed"
+    # mdm behind at the end of 8 epochs at the largest U, after a crossover at 6: later
+    assert trend([(1e6, c(1e6, 6)), (25e6, c(25e6, None, budget_epochs=8))],
+                 "increasing")["verdict"] == "consistent"
+    assert trend([(1e6, c(1e6, 6))], "increasing")["verdict"] == "too few"
+
+
+def test_trend_reads_the_lasting_crossover_in_tokens_and_in_epochs():
+    """The reference sweep's shape: mdm leads at the near-random first point at every U, then
+    falls behind, and its lasting lead begins at ~13 epochs whatever U is. The trend reads the
+    lasting crossover (not the first lead, which would say "by the first point" everywhere):
+    later with more U in tokens (13 epochs of a larger U), level in epochs."""
+    levels = [(1e6, _level(1e6, 12.6, budget_epochs=200, first_lead=True)),
+              (5e6, _level(5e6, 13.0, first_lead=True)),
+              (10e6, _level(10e6, 12.8, budget_epochs=20, first_lead=True)),
+              (25e6, _level(25e6, None, budget_epochs=8, first_lead=True))]
+    t = trend(levels, "increasing")
+    assert t["basis"] == "lasting"
+    assert [e["kind"] for e in t["epochs"]] == ["=", "=", "=", ">"]
+    assert [e["tokens"] for e in t["epochs"]][:3] == pytest.approx([12.6e6, 65e6, 128e6])
+    assert t["moves"] == ["up", "up", "up"] and t["verdict"] == "consistent"
+    assert t["moves_epochs"] == ["up", "down", "unknown"] and t["verdict_epochs"] == "mixed"
+    # a level led from the first point to the end is an upper bound ("<") on its crossover
+    always = _level(4e6, 0.05, first_lead=True)
+    assert trend([(4e6, always), (8e6, _level(8e6, 3.0))], "increasing")["epochs"][0]["kind"] \
+        == "<"
 
 
 # ----------------------------------------------------------------------------- summary, report
@@ -370,9 +404,10 @@ def test_report_renders_from_the_sweep_json_alone(tmp_path, toy):
     html = out.read_text()
     assert "codediff sweep: fake" in html and "<svg" in html
     assert "consistent with the claim" in html
-    assert "comes later (more epochs) with more unique data" in html
-    assert "comes earlier (fewer epochs) with larger models" in html
-    assert "4 epochs" in html and "8 epochs" in html
+    assert "comes later in training with more unique data" in html
+    assert "comes earlier in training with larger models" in html
+    assert "4 epochs (4M tokens)" in html and "8 epochs (32M tokens)" in html
+    assert "in tokens: consistent with the claim; in epochs: consistent with the claim" in html
     assert "past its best epoch" in html
     out2 = tmp_path / "toy.html"
     assert main(["report", "--sweep", str(toy["out"]), "--out", str(out2)]) == 0
@@ -413,8 +448,7 @@ def test_flat_curves_are_no_signal_not_a_trend():
     assert best(zeros, higher_is_better=True)["flat"] is True
     assert best(rising, higher_is_better=True)["flat"] is False
     # a no-signal level is left out of the trend (not "after its budget")
-    crossed = {"status": "crossed", "epochs": 3.0}
-    t = trend([(1e6, crossed), (5e6, r)], "increasing")
+    t = trend([(1e6, _level(1e6, 3.0)), (5e6, r)], "increasing")
     assert t["verdict"] == "too few" and t["no_signal"] == [5e6] and len(t["epochs"]) == 1
     line = crossover_text({"comparisons": [{**r, "preset": "tiny", "unique_tokens": 5_000_000,
                                             "seed": 0, "ar_arm": "ar", "metric": "mbpp"}]})
