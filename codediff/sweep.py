@@ -833,8 +833,21 @@ def status_text(p: Prepared, running: dict[str, tuple[Cell, str, float]], *, wai
     return "\n".join(lines)
 
 
+SCORE_POLL = 5.0  # seconds between looks for a newly kept checkpoint while a cell trains
+
+
+def _unscored_checkpoint(out: Path, cell_id: str, metrics: list[str]) -> bool:
+    """Whether a kept checkpoint of the cell is on disk and lacks a metric (checkpoint folders
+    appear whole: written beside and renamed into place)."""
+    d = cell_dir(out, cell_id)
+    done = set(cell_state(out, cell_id, metrics)["evaluated"])
+    return any(q.is_dir() and q.name not in done
+               for q in (d / "run" / "checkpoints").glob("tokens-*"))
+
+
 def run_cells(p: Prepared, cells: list[Cell], *, gpus: list[str], parallel: int,
-              stage: str, progress: bool, status_every: float = STATUS_EVERY) -> list[str]:
+              stage: str, progress: bool, status_every: float = STATUS_EVERY,
+              score_during_training: bool = True) -> list[str]:
     """Train and/or evaluate `cells`, at most `parallel` per GPU; returns the failed cell ids.
     Finished work is skipped; a failed cell does not stop the others. With `progress`, a line
     when each cell starts and ends, and every `status_every` seconds (0: never) the status of
@@ -872,6 +885,32 @@ def run_cells(p: Prepared, cells: list[Cell], *, gpus: list[str], parallel: int,
     # cell id -> (cell, the step it is in, when that step began): what the status lines read
     active: dict[str, tuple[Cell, str, float]] = {}
 
+    def score_alongside(c: Cell, trainer: subprocess.Popen, env: dict[str, str]) -> None:
+        """While `trainer` runs, score each checkpoint it keeps (one scoring process at a time),
+        so that scoring overlaps training instead of following it: a deadline then cuts at most
+        the last checkpoint's scores, not the last several. The trainer has its memory by the
+        time the first checkpoint is kept (its micro-batch is settled in the first steps), so
+        the scorer takes what is left. A scorer that fails (say, out of memory) is not an error:
+        the eval step after training scores whatever is still missing."""
+        scorer: subprocess.Popen | None = None
+        log = cell_dir(p.out, c.id) / "eval.log"
+        with open(log, "a") as f:
+            while trainer.poll() is None:
+                if (scorer is None or scorer.poll() is not None) and _unscored_checkpoint(
+                        p.out, c.id, metrics):
+                    cmd = eval_command(p, c, progress=True)
+                    f.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} (while training) "
+                            f"{shlex.join(cmd)}\n")
+                    f.flush()
+                    scorer = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+                    with lock:
+                        procs[c.id + " (scoring)"] = scorer
+                time.sleep(SCORE_POLL)
+            if scorer is not None:
+                scorer.wait()
+                with lock:
+                    procs.pop(c.id + " (scoring)", None)
+
     def work(c: Cell, steps: list[str], gs: list[str]) -> None:
         env = dict(os.environ)
         if gs != [""]:
@@ -890,6 +929,8 @@ def run_cells(p: Prepared, cells: list[Cell], *, gpus: list[str], parallel: int,
                 with lock:
                     procs[c.id] = proc
                     active[c.id] = (c, step, time.time())
+                if step == "train" and "eval" in steps and score_during_training:
+                    score_alongside(c, proc, env)
                 rc = proc.wait()
             if rc != 0:
                 break

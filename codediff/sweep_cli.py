@@ -51,6 +51,10 @@ class SweepOptions:
     unsafe_no_sandbox: bool = option(False, negatable=False, help="judge task samples without "
                                      "bubblewrap (`codediff evaluate --unsafe-no-sandbox`; only "
                                      "on a throwaway machine)")
+    score_during_training: bool = option(True, help="score a cell's kept checkpoints while it "
+                                         "trains (one scoring process beside the trainer, on "
+                                         "its GPUs), so only the last is left when training "
+                                         "ends; off: score after training")
     progress: bool = option(True, help="progress lines", false_aliases=("--quiet",))
     status_every: int = option(60, min=0, metavar="SECONDS", help="while cells run: every "
                                "this many seconds one line per running cell (tokens trained of "
@@ -151,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         print(sweep.slurm_text(prepared, cells))
         return 0
     failed = sweep.run_cells(prepared, cells, gpus=gpus, parallel=o.parallel, stage=o.stage,
-                             progress=o.progress, status_every=o.status_every)
+                             progress=o.progress, status_every=o.status_every,
+                             score_during_training=o.score_during_training)
     res = sweep.summarize_dir(out)
     if o.progress:
         print(sweep.crossover_text(res), file=sys.stderr)

@@ -736,3 +736,54 @@ def test_status_lines_while_cells_run(tmp_path, monkeypatch, capsys):
             {"metrics": {k: {"value": 0.5} for k in have}}))
     assert sweep.cell_progress(out, cells[0], "eval", spec.eval.metrics) == \
         "scoring: 1/2 checkpoints done, 3/4 metrics"
+
+
+REPLAY_TRAIN = """
+import shutil, sys, time
+from pathlib import Path
+run, staged, full_metrics = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+for ck in sorted(staged.iterdir(), key=lambda q: int(q.name.split("-")[1])):
+    time.sleep(1.5)
+    ck.rename(run / "checkpoints" / ck.name)  # a kept checkpoint appears whole, as in training
+time.sleep(1.5)
+shutil.copyfile(full_metrics, run / "metrics.jsonl")  # the last step logged: trained
+(run.parent / "train.done").write_text(str(time.time()))
+"""
+
+
+def test_checkpoints_are_scored_while_the_cell_trains(toy, tmp_path, monkeypatch):
+    """With scoring during training (the default), each kept checkpoint is scored while the
+    trainer runs, by real scoring processes on the toy sweep's real checkpoints (replayed by a
+    stand-in trainer that keeps them one by one), so training's end leaves little to score; the
+    scores are the ones the after-training path wrote."""
+    from codediff import sweep
+
+    out = tmp_path / "out"
+    shutil.copytree(toy["out"], out, symlinks=True)
+    cid = "tiny-U20k-ar-s0"
+    d = out / "cells" / cid
+    before = {q.name: json.loads(q.read_text())["metrics"] for q in (d / "eval").iterdir()}
+    shutil.rmtree(d / "eval")
+    staged = tmp_path / "staged"
+    shutil.move(d / "run" / "checkpoints", staged)
+    (d / "run" / "checkpoints").mkdir()
+    full = tmp_path / "metrics.jsonl"
+    shutil.copyfile(d / "run" / "metrics.jsonl", full)
+    rows = full.read_text().splitlines()
+    (d / "run" / "metrics.jsonl").write_text(rows[0] + "\n")  # not trained yet
+    monkeypatch.setattr(sweep, "SCORE_POLL", 0.2)
+    monkeypatch.setattr(sweep, "train_command", lambda p, c, python=True: [
+        sys.executable, "-c", REPLAY_TRAIN, str(d / "run"), str(staged), str(full)])
+    assert main(["sweep", "--out", str(out), "--cells", cid, "--gpus", "none",
+                 "--status-every", "0"]) == 0
+    log = (d / "eval.log").read_text()
+    assert "(while training)" in log
+    trained_at = float((d / "train.done").read_text())
+    scored = {q.name: q.stat().st_mtime for q in (d / "eval").iterdir()}
+    assert sorted(scored) == sorted(before)
+    early = [n for n, t in scored.items() if t < trained_at]
+    assert len(early) >= 2, (scored, trained_at)  # all but (at most) the last, during training
+    for name, metrics in before.items():
+        now = json.loads((d / "eval" / name).read_text())["metrics"]
+        assert now["val_loss"]["value"] == pytest.approx(metrics["val_loss"]["value"])
+        assert now["codechoice"]["value"] == pytest.approx(metrics["codechoice"]["value"])
