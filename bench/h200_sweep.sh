@@ -23,7 +23,7 @@
 #   CODEDIFF_DATA to where it was carried) and optionally .deb (the Debian `bubblewrap` package,
 #   unpacked here when the machine has no bwrap, so task samples are judged in the sandbox)
 #   e.g.  STAGES="corpus probe" PROBE_N="1 2 3 4" bash bench/h200_sweep.sh
-#         CELLS="tiny-U1M-* tiny-U2.5M-* tiny-U5M-a*-s0 tiny-U5M-m*" PARALLEL=3 bash bench/h200_sweep.sh
+#         CELLS="tiny-U1M-* tiny-U2.5M-* tiny-U5M-ar-s0 tiny-U5M-mdm-s0" PARALLEL=3 bash bench/h200_sweep.sh
 #   (patterns are shell globs over cell ids: `tiny-U5M-*` also takes the ablation cells
 #   tiny-U5M-ar-input-mask-s0 and tiny-U5M-ar-fim-s0; name a cell whole to take it alone.
 #   Four `tiny` cells at once saturate an H200 (~2.9M tokens/s together); a cell must finish
