@@ -212,17 +212,28 @@ def cell_state(out: Path, cell_id: str, metrics: list[str]) -> dict[str, Any]:
     which of them have every metric."""
     d = cell_dir(out, cell_id)
     run = read_json_or_none(d / "run" / "run.json") or {}
-    last = 0
+    last, final_tokens = 0, None
+    steps = run.get("steps")
     mpath = d / "run" / "metrics.jsonl"
     if mpath.is_file():
         for line in mpath.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                last = max(last, int(json.loads(line).get("step", 0)))
-            except (ValueError, AttributeError):
+                row = json.loads(line)
+                last = max(last, int(row.get("step", 0)))
+            except (ValueError, AttributeError, TypeError):
                 continue
-    steps = run.get("steps")
+            if steps and row.get("step") == steps:
+                final_tokens = row.get("tokens")
     ckpts = {p.name for p in (d / "run" / "checkpoints").glob("tokens-*") if p.is_dir()}
     evals = {p.stem: read_json_or_none(p) or {} for p in (d / "eval").glob("tokens-*.json")}
+    # the trainer logs its last step, then keeps the last checkpoint, then saves its state: a
+    # run killed in between has every metrics row but not that checkpoint, and its state (here;
+    # committed sweep data carries none) is older than the last step: not trained yet
+    state = read_json_or_none(d / "run" / "state" / "trainer.json")
+    final = f"tokens-{final_tokens}"
+    if (state is not None and steps and int(state.get("step") or 0) < steps
+            and (ckpts or evals) and final not in ckpts and final not in evals):
+        last = min(last, int(state.get("step") or 0))
     names = sorted(ckpts | set(evals), key=lambda n: int(n.split("-")[1]))
     done = [n for n in names if all(k in (evals.get(n, {}).get("metrics") or {})
                                     for k in metrics)]

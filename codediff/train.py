@@ -667,6 +667,10 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics.claim(f"--out {self.out}")  # writes run.json on the first run
             self._truncate_metrics(start)
+            # a kept checkpoint killed while being written leaves its temporary sibling
+            # (.tokens-N.XXXX.tmp); the run dir is claimed, so nothing else is writing there
+            for tmp in (self.out / "checkpoints").glob(".tokens-*.tmp"):
+                shutil.rmtree(tmp, ignore_errors=True)
         if start >= self.steps:
             if d.main:
                 print(f"{self.out}: already trained to {self.steps} steps; nothing to do")

@@ -108,7 +108,8 @@ def test_toy_sweep_resumes_after_a_kill_and_scores_every_checkpoint(toy):
         meta = json.loads((run / "run.json").read_text())
         steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert steps == sorted(set(steps)) and steps[-1] == meta["steps"]  # no row twice
-        ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+        ckpts = sorted(p.name for p in (run / "checkpoints").glob("tokens-*"))
+        assert not list((run / "checkpoints").glob(".tokens-*.tmp"))  # cleaned on resume
         assert len(ckpts) == 3
         for name in ckpts:
             e = json.loads((out / "cells" / cid / "eval" / f"{name}.json").read_text())
@@ -787,3 +788,28 @@ def test_checkpoints_are_scored_while_the_cell_trains(toy, tmp_path, monkeypatch
         now = json.loads((d / "eval" / name).read_text())["metrics"]
         assert now["val_loss"]["value"] == pytest.approx(metrics["val_loss"]["value"])
         assert now["codechoice"]["value"] == pytest.approx(metrics["codechoice"]["value"])
+
+
+def test_a_cell_killed_before_its_last_checkpoint_is_not_trained(toy, tmp_path):
+    """The trainer logs the last step, then keeps the last checkpoint, then saves its state: a
+    cell killed in between has all its metrics rows but must train again (it resumes from its
+    state); committed data (no state) and a finished run count as trained."""
+    from codediff import sweep
+
+    out = tmp_path / "out"
+    shutil.copytree(toy["out"], out, symlinks=True)
+    cid = "tiny-U20k-ar-s0"
+    d = out / "cells" / cid / "run"
+    steps = json.loads((d / "run.json").read_text())["steps"]
+    metrics = ["val_loss", "codechoice"]
+    assert sweep.cell_state(out, cid, metrics)["trained"]
+    last = max((q for q in (d / "checkpoints").glob("tokens-*")),
+               key=lambda q: int(q.name.split("-")[1]))
+    shutil.rmtree(last)
+    (out / "cells" / cid / "eval" / f"{last.name}.json").unlink()
+    state = d / "state"
+    state.mkdir(exist_ok=True)
+    (state / "trainer.json").write_text(json.dumps({"step": steps - 1}))
+    assert not sweep.cell_state(out, cid, metrics)["trained"]
+    shutil.rmtree(state)  # as committed: the rows decide
+    assert sweep.cell_state(out, cid, metrics)["trained"]
