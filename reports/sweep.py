@@ -8,7 +8,6 @@ summarises them); torch-free.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,6 @@ CLAIMS = {"unique_tokens": "The paper: the crossover comes later in training wit
           "params": "The paper: the crossover comes earlier in training with larger models."}
 VERDICTS = {"consistent": "consistent with the claim", "opposite": "the opposite of the claim",
             "mixed": "mixed (not monotone)", "too few": "too few crossings to tell"}
-# base.html's footer describes the results report (pass@k estimator, EvalPlus plus columns,
-# its interval method); none of it holds here, so the sweep page gets its own
-FOOTER = ("<footer>Rendered by codediff from the sweep dir's files alone (sweep.json; each "
-          "cell's cell.json, run.json, metrics.jsonl and eval/tokens-N.json). A task's score is "
-          "pass@1 of one greedy sample per problem, judged by execution; code choice is the "
-          "accuracy over the choice set; validation loss is nats/token on fixed validation "
-          "tokens. Error bars are ± one standard error (binomial over the problems or choices; "
-          "validation loss has none); a crossover's interval is the checkpoint spacing widened "
-          "to where mdm's lead ± 1.96 standard errors crosses zero. A metric an arm cannot be "
-          "scored on is shown as skipped, with the reason. Scores are percentages in tables and "
-          "charts alike.</footer>")
 
 
 def metric_title(m: str) -> str:
@@ -347,8 +335,4 @@ def render_sweep(sweep_dir: str | Path, title: str | None = None) -> str:
     ctx = sweep_context(sweep_dir, title)
     env = _env()
     env.filters["e3"] = _e
-    html = env.get_template("sweep.html").render(**ctx)
-    # base.html (shared with the results report) has no block for its footer: swap the one
-    # element; a base without a footer gets this one before </body>
-    html, n = re.subn(r"<footer>.*?</footer>", lambda _: FOOTER, html, count=1, flags=re.S)
-    return html if n else html.replace("</body>", FOOTER + "\n</body>", 1)
+    return env.get_template("sweep.html").render(**ctx)
